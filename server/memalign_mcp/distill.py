@@ -1,0 +1,257 @@
+"""Semantic memory: distilling guidelines from feedback, keeping them few and distinct, re-deriving on removal.
+
+Works on an in-memory working set of guidelines and returns what changed; the caller stores it. Every model
+reply is checked (source numbers must point at given items) and a reply that does not fit is retried once by the
+model client, then raises ModelError. Nothing here stores, and nothing here decides what is pending: it reports
+which items were distilled and which were not.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from memalign_mcp.embeddings import Embedder
+from memalign_mcp.errors import ModelError
+from memalign_mcp.llm import ModelClient
+from memalign_mcp.models import JudgeSpec
+from memalign_mcp.prompts import (
+    CONSOLIDATE_SCHEMA,
+    DISTILL_SCHEMA,
+    FeedbackView,
+    as_text,
+    consolidate_messages,
+    distill_messages,
+    rederive_messages,
+)
+from memalign_mcp.store import Vector
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]
+
+
+def new_guideline_id() -> str:
+    """A fresh guideline id."""
+    return "g-" + uuid.uuid4().hex[:12]
+
+
+@dataclass
+class WorkingGuideline:
+    """A guideline being edited: text, sources and vector, plus whether it changed."""
+
+    id: str
+    text: str
+    sources: set[str]
+    vector: Vector
+    changed: bool = False
+
+
+@dataclass
+class DistillOutcome:
+    """What one round of distillation did."""
+
+    guidelines: list[WorkingGuideline]
+    distilled_ids: list[str] = field(default_factory=list[str])
+    failed_ids: list[str] = field(default_factory=list[str])
+    model_calls: int = 0
+    error: str | None = None
+
+
+def _check_sources(n_items: int, key: str) -> Callable[[dict[str, Any]], None]:
+    def check(data: dict[str, Any]) -> None:
+        for g in data.get("guidelines", []):
+            if not str(g.get("text", "")).strip() and g.get("existing") is None:
+                raise ValueError("a guideline has empty text")
+            numbers = g.get(key, [])
+            bad = [n for n in numbers if not isinstance(n, int) or not 1 <= n <= n_items]
+            if bad or not numbers:
+                raise ValueError(f"{key} must list item numbers from 1 to {n_items}; got {numbers}")
+
+    return check
+
+
+class Reflector:
+    """Distils, consolidates and re-derives guidelines with a reflection model."""
+
+    def __init__(
+        self,
+        client: ModelClient,
+        model: str,
+        embedder: Embedder,
+        *,
+        merge_threshold: float,
+        cap: int,
+        batch_size: int,
+        batch_chars: int,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.embedder = embedder
+        self.merge_threshold = merge_threshold
+        self.cap = cap
+        self.batch_size = batch_size
+        self.batch_chars = batch_chars
+
+    def batches(self, items: Sequence[tuple[str, FeedbackView]]) -> list[list[tuple[str, FeedbackView]]]:
+        """Split items into batches within the item and context budgets."""
+        out: list[list[tuple[str, FeedbackView]]] = []
+        current: list[tuple[str, FeedbackView]] = []
+        size = 0
+        for pair in items:
+            view = pair[1]
+            chars = len(as_text(view.inputs)) + len(as_text(view.outputs)) + len(view.rationale) + 200
+            if current and (len(current) >= self.batch_size or size + chars > self.batch_chars):
+                out.append(current)
+                current, size = [], 0
+            current.append(pair)
+            size += chars
+        if current:
+            out.append(current)
+        return out
+
+    def distill(
+        self,
+        spec: JudgeSpec,
+        guidelines: list[WorkingGuideline],
+        items: Sequence[tuple[str, FeedbackView]],
+        progress: Progress | None = None,
+    ) -> DistillOutcome:
+        """Learn from new items, seeing only them and the existing guideline texts; stop at the first failure."""
+        outcome = DistillOutcome(guidelines=guidelines)
+        batches = self.batches(items)
+        for number, batch in enumerate(batches, start=1):
+            if progress:
+                progress(number - 1, len(batches), f"distilling batch {number} of {len(batches)}")
+            ids = [item_id for item_id, _ in batch]
+            if outcome.error is not None:
+                outcome.failed_ids.extend(ids)
+                continue
+            try:
+                reply = self.client.complete_json(
+                    model=self.model,
+                    messages=distill_messages(
+                        spec, [v for _, v in batch], [g.text for g in outcome.guidelines]
+                    ),
+                    schema_name="guidelines",
+                    schema=DISTILL_SCHEMA,
+                    check=_check_sources(len(batch), "source_items"),
+                )
+            except ModelError as exc:
+                log.warning("distillation failed; %d items stay pending: %s", len(ids), exc)
+                outcome.model_calls += 2
+                outcome.error = str(exc)
+                outcome.failed_ids.extend(ids)
+                continue
+            outcome.model_calls += reply.attempts
+            self._apply(outcome.guidelines, reply.data["guidelines"], ids)
+            outcome.distilled_ids.extend(ids)
+        if progress:
+            progress(len(batches), len(batches), "distilled")
+        if len(outcome.guidelines) > self.cap:
+            outcome.guidelines = self.consolidate(spec, outcome.guidelines, outcome)
+        return outcome
+
+    def _apply(
+        self, guidelines: list[WorkingGuideline], proposed: list[dict[str, Any]], ids: list[str]
+    ) -> None:
+        fresh: list[tuple[str, set[str]]] = []
+        for g in proposed:
+            sources = {ids[n - 1] for n in g["source_items"]}
+            existing = g.get("existing")
+            if isinstance(existing, int) and 1 <= existing <= len(guidelines):
+                target = guidelines[existing - 1]
+                if not sources <= target.sources:
+                    target.sources |= sources
+                    target.changed = True
+            else:
+                fresh.append((str(g["text"]).strip(), sources))
+        if not fresh:
+            return
+        vectors = self.embedder.embed([text for text, _ in fresh])
+        for (text, sources), vector in zip(fresh, vectors, strict=True):
+            twin = self._nearest(guidelines, vector)
+            if twin is not None:
+                # Near-identical to a guideline we have: keep one rule, with the provenance of both.
+                if not sources <= twin.sources:
+                    twin.sources |= sources
+                    twin.changed = True
+                continue
+            guidelines.append(WorkingGuideline(new_guideline_id(), text, sources, vector, changed=True))
+
+    def _nearest(self, guidelines: Sequence[WorkingGuideline], vector: Vector) -> WorkingGuideline | None:
+        if not guidelines:
+            return None
+        matrix = np.stack([g.vector for g in guidelines])
+        sims = matrix @ vector
+        best = int(np.argmax(sims))
+        return guidelines[best] if float(sims[best]) >= self.merge_threshold else None
+
+    def consolidate(
+        self, spec: JudgeSpec, guidelines: list[WorkingGuideline], outcome: DistillOutcome
+    ) -> list[WorkingGuideline]:
+        """Merge guidelines down to the cap, each result citing the union of its inputs' sources."""
+        n = len(guidelines)
+        try:
+            reply = self.client.complete_json(
+                model=self.model,
+                messages=consolidate_messages(spec, [g.text for g in guidelines], self.cap),
+                schema_name="consolidated_guidelines",
+                schema=CONSOLIDATE_SCHEMA,
+                check=_check_consolidation(n, self.cap),
+            )
+        except ModelError as exc:
+            outcome.model_calls += 2
+            outcome.error = f"consolidation failed, {n} guidelines kept (cap {self.cap}): {exc}"
+            return guidelines
+        outcome.model_calls += reply.attempts
+        merged: list[WorkingGuideline] = []
+        proposed = reply.data["guidelines"]
+        texts = [str(g["text"]).strip() for g in proposed]
+        vectors = self.embedder.embed(texts)
+        for g, text, vector in zip(proposed, texts, vectors, strict=True):
+            parents = [guidelines[k - 1] for k in sorted(set(g["merged_from"]))]
+            if len(parents) == 1 and parents[0].text == text:
+                merged.append(parents[0])
+                continue
+            sources = set[str]().union(*(p.sources for p in parents))
+            merged.append(WorkingGuideline(new_guideline_id(), text, sources, vector, changed=True))
+        return merged
+
+    def rederive(
+        self, spec: JudgeSpec, items: Sequence[tuple[str, FeedbackView]]
+    ) -> tuple[str, set[str], Vector] | None:
+        """One guideline supported by these items alone, or None when they support none; ModelError on failure."""
+        reply = self.client.complete_json(
+            model=self.model,
+            messages=rederive_messages(spec, [v for _, v in items]),
+            schema_name="guidelines",
+            schema=DISTILL_SCHEMA,
+            check=_check_sources(len(items), "source_items"),
+        )
+        proposed = [g for g in reply.data["guidelines"] if str(g.get("text", "")).strip()]
+        if not proposed:
+            return None
+        first = proposed[0]
+        text = str(first["text"]).strip()
+        sources = {items[n - 1][0] for n in first["source_items"]}
+        return text, sources, self.embedder.embed([text])[0]
+
+
+def _check_consolidation(n: int, cap: int) -> Callable[[dict[str, Any]], None]:
+    def check(data: dict[str, Any]) -> None:
+        proposed = data.get("guidelines", [])
+        if len(proposed) > cap:
+            raise ValueError(f"returned {len(proposed)} guidelines; at most {cap} allowed")
+        for g in proposed:
+            numbers = g.get("merged_from", [])
+            if not numbers or any(not isinstance(k, int) or not 1 <= k <= n for k in numbers):
+                raise ValueError(f"merged_from must list guideline numbers from 1 to {n}; got {numbers}")
+            if not str(g.get("text", "")).strip():
+                raise ValueError("a guideline has empty text")
+
+    return check

@@ -1,0 +1,307 @@
+"""The judge service: judges, scoring, and reading memory. Knows nothing of MCP.
+
+It ties together the store (LanceDB), the embedder, the model client and the reflector. Adding and removing
+feedback (alignment) lives in alignment.py on top of this service. Every result that depends on memory carries
+the judge's memory version. Bad input raises InvalidInputError before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from memalign_mcp.distill import Reflector
+from memalign_mcp.embeddings import Embedder, text_for_embedding
+from memalign_mcp.errors import InvalidInputError, JudgeExistsError, MemAlignError, UnknownJudgeError
+from memalign_mcp.llm import ModelClient
+from memalign_mcp.models import (
+    MEMORY_MODEL,
+    DeleteJudgeResult,
+    FeedbackPage,
+    FeedbackRecord,
+    Guideline,
+    GuidelineList,
+    Judge,
+    JudgedText,
+    JudgeList,
+    JudgeSpec,
+    ScoreResult,
+)
+from memalign_mcp.prompts import ExampleView, instructions_with_guidelines, score_messages, score_schema
+from memalign_mcp.settings import Settings
+from memalign_mcp.store import JudgeRow, MemoryRow, MemoryStore
+from memalign_mcp.vote import memory_verdict
+
+
+def guideline_of(row: MemoryRow) -> Guideline:
+    """The public view of a stored guideline row."""
+    return Guideline(id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources))
+
+
+def feedback_of(row: MemoryRow) -> FeedbackRecord:
+    """The public view of a stored feedback row."""
+    body = row.body
+    return FeedbackRecord(
+        id=row.item_id,
+        inputs=body["inputs"],
+        outputs=body["outputs"],
+        expectations=body.get("expectations"),
+        value=body["value"],
+        rationale=body["rationale"],
+        source=body.get("source"),
+        created_at=row.created_at,
+        pending=row.pending,
+    )
+
+
+def example_of(row: MemoryRow) -> ExampleView:
+    """A stored feedback row as a worked example for the judge."""
+    body = row.body
+    return ExampleView(
+        feedback_id=row.item_id,
+        inputs=body["inputs"],
+        outputs=body["outputs"],
+        expectations=body.get("expectations"),
+        value=body["value"],
+        rationale=body["rationale"],
+    )
+
+
+class JudgeService:
+    """Judges with two memories over one store; thread-safe, one instance per process."""
+
+    def __init__(
+        self, settings: Settings, store: MemoryStore, embedder: Embedder, client: ModelClient | None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.client = client
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._guidelines: dict[str, tuple[int, list[MemoryRow]]] = {}
+
+    # --- judges -------------------------------------------------------------------------------------------
+
+    def lock(self, name: str) -> threading.Lock:
+        """The lock that serialises changes to one judge's memory within this process."""
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def model_for(self, spec: JudgeSpec) -> str:
+        """The model that scores for a judge: its own, else the server default, else the memory vote."""
+        return (spec.model or "").strip() or self.settings.model.default_judge_model
+
+    def k_for(self, spec: JudgeSpec) -> int:
+        """How many examples a judge is shown: its own setting, else the server default."""
+        return spec.retrieval_k if spec.retrieval_k is not None else self.settings.memory.retrieval_k
+
+    def reflector(self) -> Reflector | None:
+        """The reflection model's wrapper, or None when no reflection model is configured."""
+        model = self.settings.model.reflection_model
+        if model is None or self.client is None:
+            return None
+        mem = self.settings.memory
+        return Reflector(
+            self.client,
+            model,
+            self.embedder,
+            merge_threshold=mem.merge_threshold,
+            cap=mem.guideline_cap,
+            batch_size=mem.distill_batch_size,
+            batch_chars=mem.distill_batch_chars,
+        )
+
+    def _row(self, name: str) -> JudgeRow:
+        if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidInputError("judge", name, "the name of a judge (call list_judges to see them)")
+        row = self.store.judge_row(name)
+        if row is None:
+            raise UnknownJudgeError(name, [r.name for r in self.store.judge_rows()])
+        return row
+
+    def spec_and_version(self, name: str) -> tuple[JudgeSpec, int]:
+        """A judge's spec and current memory version; UnknownJudgeError if absent."""
+        row = self._row(name)
+        return JudgeSpec.model_validate_json(row.spec_json), row.memory_version
+
+    def create_judge(self, spec: JudgeSpec) -> Judge:
+        """Create a judge; the same spec again returns the existing judge, a different one is refused."""
+        spec = spec.model_copy().validated()
+        spec_json = spec.model_dump_json()
+        with self.lock(spec.name):
+            row = self.store.insert_judge(spec.name, spec_json)
+        if row.spec_json != spec_json:
+            stored = json.loads(row.spec_json)
+            wanted = json.loads(spec_json)
+            differing = [k for k in wanted if stored.get(k) != wanted[k]]
+            raise JudgeExistsError(spec.name, differing)
+        return self.get_judge(spec.name)
+
+    def get_judge(self, name: str) -> Judge:
+        """One judge with the state of its memory."""
+        return self._judge_of(self._row(name))
+
+    def _judge_of(self, row: JudgeRow) -> Judge:
+        spec = JudgeSpec.model_validate_json(row.spec_json)
+        return Judge(
+            **spec.model_dump(),
+            memory_version=row.memory_version,
+            feedback_count=self.store.count(row.name, "feedback"),
+            guideline_count=self.store.count(row.name, "guideline"),
+            pending_count=self.store.count(row.name, "feedback", pending=True),
+            effective_model=self.model_for(spec),
+            created_at=row.created_at,
+        )
+
+    def list_judges(self) -> JudgeList:
+        """Every judge with its memory version and counts."""
+        return JudgeList(judges=[self._judge_of(r) for r in self.store.judge_rows()])
+
+    def delete_judge(self, name: str) -> DeleteJudgeResult:
+        """Delete a judge and all of its memory."""
+        self._row(name)
+        with self.lock(name):
+            n_feedback, n_guidelines = self.store.delete_judge(name)
+        self._guidelines.pop(name, None)
+        return DeleteJudgeResult(
+            judge=name, deleted=True, feedback_deleted=n_feedback, guidelines_deleted=n_guidelines
+        )
+
+    # --- reading memory -----------------------------------------------------------------------------------
+
+    def guideline_rows(self, name: str, version: int) -> list[MemoryRow]:
+        """A judge's guidelines at a memory version, cached so that scoring does not rescan the table."""
+        cached = self._guidelines.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        rows = self.store.rows(name, "guideline")
+        self._guidelines[name] = (version, rows)
+        return rows
+
+    def list_guidelines(self, name: str) -> GuidelineList:
+        """A judge's semantic memory with each guideline's sources."""
+        _, version = self.spec_and_version(name)
+        rows = self.guideline_rows(name, version)
+        return GuidelineList(judge=name, judge_version=version, guidelines=[guideline_of(r) for r in rows])
+
+    def list_feedback(self, name: str, limit: int = 50, offset: int = 0) -> FeedbackPage:
+        """A page of a judge's episodic memory, oldest first."""
+        if not 1 <= limit <= 500:
+            raise InvalidInputError("limit", limit, "an integer from 1 to 500")
+        if offset < 0:
+            raise InvalidInputError("offset", offset, "an integer of at least 0")
+        _, version = self.spec_and_version(name)
+        total, rows = self.store.page(name, "feedback", limit=limit, offset=offset)
+        return FeedbackPage(
+            judge=name, judge_version=version, total=total, feedback=[feedback_of(r) for r in rows]
+        )
+
+    def judge_document(self, name: str) -> str:
+        """The judge as its model sees it: spec, then instructions with the guidelines appended."""
+        spec, version = self.spec_and_version(name)
+        rows = self.guideline_rows(name, version)
+        header = {
+            "name": spec.name,
+            "feedback_type": spec.feedback_type,
+            "choices": spec.choices,
+            "min_value": spec.min_value,
+            "max_value": spec.max_value,
+            "model": self.model_for(spec),
+            "retrieval_k": self.k_for(spec),
+            "memory_version": version,
+        }
+        shown = {k: v for k, v in header.items() if v is not None}
+        return (
+            "\n".join(f"{k}: {v}" for k, v in shown.items())
+            + "\n\n"
+            + instructions_with_guidelines(spec, [r.text for r in rows])
+        )
+
+    # --- scoring ------------------------------------------------------------------------------------------
+
+    def check_text(self, field: str, value: Any, *, required: bool = True) -> None:
+        """Refuse judged text that is missing, of the wrong type, empty or over the size limit."""
+        if value is None and not required:
+            return
+        if not isinstance(value, (str, dict)):
+            raise InvalidInputError(field, value, "a string or a JSON object")
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if not text.strip() or value == {}:
+            raise InvalidInputError(field, value, "non-empty text or a non-empty JSON object")
+        limit = self.settings.memory.max_field_chars
+        if len(text) > limit:
+            raise InvalidInputError(field, value, f"at most {limit} characters (memory.max_field_chars)")
+
+    def score(
+        self,
+        name: str,
+        inputs: JudgedText,
+        outputs: JudgedText,
+        expectations: JudgedText | None = None,
+        *,
+        exclude_ids: Iterable[str] = (),
+        use_memory: bool = True,
+    ) -> ScoreResult:
+        """Judge one response with the judge's guidelines and its most similar past feedback."""
+        started = time.perf_counter()
+        self.check_text("inputs", inputs)
+        self.check_text("outputs", outputs)
+        self.check_text("expectations", expectations, required=False)
+        spec, version = self.spec_and_version(name)
+        excluded = set(exclude_ids)
+        guidelines: list[MemoryRow] = []
+        neighbours = []
+        if use_memory:
+            # Leave-one-out: a guideline distilled from an excluded item would leak its verdict.
+            guidelines = [g for g in self.guideline_rows(name, version) if not excluded & set(g.sources)]
+            text = text_for_embedding(inputs, outputs, self.settings.embedding.embed_fields)
+            vector = self.embedder.embed([text])[0]
+            neighbours = self.store.nearest(name, vector, self.k_for(spec), exclude=excluded)
+        model = self.model_for(spec)
+        if model == MEMORY_MODEL:
+            verdict = memory_verdict(spec, neighbours, self.settings.memory.vote_margin)
+            return ScoreResult(
+                rationale=verdict.rationale,
+                value=verdict.value,
+                judge=name,
+                judge_version=version,
+                guidelines_used=[],
+                examples_used=[n.row.item_id for n in neighbours],
+                model=MEMORY_MODEL,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                confidence=verdict.confidence,
+            )
+        if self.client is None:
+            raise MemAlignError(f"Judge {name!r} uses model {model!r}, but no model client is configured.")
+        messages = score_messages(
+            spec,
+            inputs=inputs,
+            outputs=outputs,
+            expectations=expectations,
+            guidelines=[g.text for g in guidelines],
+            examples=[example_of(n.row) for n in neighbours],
+        )
+
+        def check(data: dict[str, Any]) -> None:
+            spec.check_value(data.get("value"))
+
+        completion = self.client.complete_json(
+            model=model, messages=messages, schema_name="judgement", schema=score_schema(spec), check=check
+        )
+        return ScoreResult(
+            rationale=str(completion.data.get("rationale", "")),
+            value=spec.check_value(completion.data["value"]),
+            judge=name,
+            judge_version=version,
+            guidelines_used=[g.item_id for g in guidelines],
+            examples_used=[n.row.item_id for n in neighbours],
+            model=completion.model or model,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            cost_usd=completion.cost_usd,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        )

@@ -1,0 +1,397 @@
+"""The LanceDB store: one table for every judge's memory, one small table for judge specs.
+
+This is the only module that imports lancedb. It owns the on-disk layout:
+- `memory`: one row per feedback item (episodic memory) and per guideline (semantic memory), each with its vector
+  and provenance (judge, kind, source feedback ids, who, when). Primary key `id` = "judge/kind/item_id", declared
+  unenforced-primary-key at creation so that concurrent upserts of one id cannot make duplicate rows.
+- `judges`: one row per judge (spec as JSON, memory version, created_at).
+- `store_meta`: which embedding model and dimension built the vectors; a store refuses to mix models.
+
+It knows nothing of judging, prompts or models, and never embeds text itself: vectors come in ready-made.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+import lancedb  # pyright: ignore[reportMissingTypeStubs]
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from memalign_mcp.errors import EmbeddingMismatchError, MemAlignError
+
+Kind = Literal["feedback", "guideline"]
+Vector = NDArray[np.float32]
+
+_MEMORY = "memory"
+_JUDGES = "judges"
+_META = "store_meta"
+_COMMIT_RETRIES = 20
+
+
+def _q(text: str) -> str:
+    """Quote a string as an SQL literal for a LanceDB filter."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _in(column: str, values: Iterable[str]) -> str:
+    return f"{column} IN ({', '.join(_q(v) for v in values)})"
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One stored memory: a feedback item or a guideline of one judge."""
+
+    judge: str
+    kind: Kind
+    item_id: str
+    vector: Vector
+    text: str
+    body: dict[str, Any] = field(default_factory=dict[str, Any])
+    sources: tuple[str, ...] = ()
+    content_hash: str = ""
+    pending: bool = False
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def key(self) -> str:
+        """The table's primary key for this row."""
+        return f"{self.judge}/{self.kind}/{self.item_id}"
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A feedback row returned by similarity search, with its cosine similarity to the query."""
+
+    row: MemoryRow
+    similarity: float
+
+
+@dataclass(frozen=True)
+class JudgeRow:
+    """A judge as stored: its spec (JSON text), memory version and creation time."""
+
+    name: str
+    spec_json: str
+    memory_version: int
+    created_at: datetime
+
+
+class MemoryStore:
+    """A LanceDB database holding every judge's memory; safe to share between threads of one process."""
+
+    def __init__(self, uri: str, *, embedding_name: str, embedding_dim: int) -> None:
+        self.uri = uri
+        self.embedding_name = embedding_name
+        self.dim = embedding_dim
+        # read_consistency_interval=0: a long-lived handle sees other processes' writes at no measured cost.
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        self._write_lock = threading.RLock()
+        self._check_meta()
+        self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
+        self._judges = self._open_or_create(_JUDGES, _JUDGES_SCHEMA, "name")
+
+    # --- layout -------------------------------------------------------------------------------------------
+
+    def _memory_schema(self) -> Any:  # pyarrow ships no type stubs
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("judge", pa.string(), nullable=False),
+                pa.field("kind", pa.string(), nullable=False),
+                pa.field("item_id", pa.string(), nullable=False),
+                pa.field("vector", pa.list_(pa.float32(), self.dim)),
+                pa.field("text", pa.string()),
+                pa.field("body", pa.string()),
+                pa.field("sources", pa.list_(pa.string())),
+                pa.field("content_hash", pa.string()),
+                pa.field("pending", pa.bool_()),
+                pa.field("created_at", pa.timestamp("us", tz="UTC")),
+            ]
+        )
+
+    def _table_names(self) -> set[str]:
+        return set(self._db.list_tables().tables)
+
+    def _open_or_create(self, name: str, schema: Any, key: str) -> Any:
+        with self._write_lock:
+            if name in self._table_names():
+                return self._db.open_table(name)
+            try:
+                table: Any = self._db.create_table(name, schema=schema)
+            except (ValueError, OSError, RuntimeError):
+                # Another process made it between our check and our create: use theirs.
+                return self._db.open_table(name)
+            # The primary key can be declared only once, so it is declared when the table is made.
+            table.set_unenforced_primary_key(key)
+            return table
+
+    def _check_meta(self) -> None:
+        meta = self._open_or_create(_META, _META_SCHEMA, "key")
+        found = {r["key"]: r["value"] for r in meta.to_arrow().to_pylist()}
+        if not found:
+            rows = [
+                {"key": "embedding_model", "value": self.embedding_name},
+                {"key": "dim", "value": str(self.dim)},
+            ]
+            meta.merge_insert("key").when_not_matched_insert_all().execute(
+                pa.Table.from_pylist(rows, schema=_META_SCHEMA)
+            )
+            return
+        if found.get("embedding_model") != self.embedding_name or found.get("dim") != str(self.dim):
+            raise EmbeddingMismatchError(
+                f"The store at {self.uri} was built with embedding model {found.get('embedding_model')!r} "
+                f"(dimension {found.get('dim')}), but {self.embedding_name!r} (dimension {self.dim}) is configured. "
+                "Vectors of two models cannot be mixed: set MEMALIGN_EMBEDDING_MODEL back to "
+                f"{found.get('embedding_model')!r}, or use another --data-dir for the new model."
+            )
+
+    # --- judges -------------------------------------------------------------------------------------------
+
+    def judge_rows(self) -> list[JudgeRow]:
+        """Every judge, sorted by name."""
+        rows = [_judge_row(r) for r in self._judges.to_arrow().to_pylist()]
+        return sorted(rows, key=lambda r: r.name)
+
+    def judge_row(self, name: str) -> JudgeRow | None:
+        """One judge, or None."""
+        found = self._judges.search().where(f"name = {_q(name)}").limit(1).to_arrow().to_pylist()
+        return _judge_row(found[0]) if found else None
+
+    def insert_judge(self, name: str, spec_json: str) -> JudgeRow:
+        """Store a new judge at memory version 0; keep the existing row if the name is taken."""
+        row = {"name": name, "spec": spec_json, "memory_version": 0, "created_at": datetime.now(UTC)}
+        with self._write_lock:
+            self._judges.merge_insert("name").when_not_matched_insert_all().execute(
+                pa.Table.from_pylist([row], schema=_JUDGES_SCHEMA)
+            )
+        stored = self.judge_row(name)
+        assert stored is not None
+        return stored
+
+    def bump_version(self, name: str) -> int:
+        """Add one to a judge's memory version and return the new version."""
+        with self._write_lock:
+            self._judges.update(
+                where=f"name = {_q(name)}", values_sql={"memory_version": "memory_version + 1"}
+            )
+            stored = self.judge_row(name)
+        if stored is None:
+            raise MemAlignError(f"Judge {name!r} vanished while its memory was being changed.")
+        return stored.memory_version
+
+    def delete_judge(self, name: str) -> tuple[int, int]:
+        """Delete a judge and all its memory; return (feedback rows, guideline rows) deleted."""
+        with self._write_lock:
+            n_feedback = self.count(name, "feedback")
+            n_guidelines = self.count(name, "guideline")
+            self._memory.delete(f"judge = {_q(name)}")
+            self._judges.delete(f"name = {_q(name)}")
+        return n_feedback, n_guidelines
+
+    # --- memory rows --------------------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[MemoryRow]) -> None:
+        """Insert or replace rows by (judge, kind, item_id); touches only these rows."""
+        if not rows:
+            return
+        table = pa.Table.from_pylist([self._to_record(r) for r in rows], schema=self._memory.schema)
+        with self._write_lock:
+            self._memory.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+                table
+            )
+
+    def delete(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> None:
+        """Delete rows of one judge and kind by item id."""
+        ids = list(item_ids)
+        if not ids:
+            return
+        with self._write_lock:
+            self._memory.delete(f"judge = {_q(judge)} AND kind = {_q(kind)} AND {_in('item_id', ids)}")
+
+    def get(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> dict[str, MemoryRow]:
+        """Rows of one judge and kind with these item ids, keyed by item id."""
+        ids = list(item_ids)
+        if not ids:
+            return {}
+        where = f"judge = {_q(judge)} AND kind = {_q(kind)} AND {_in('item_id', ids)}"
+        return {r.item_id: r for r in self._select(where)}
+
+    def rows(self, judge: str, kind: Kind, *, pending: bool | None = None) -> list[MemoryRow]:
+        """Every row of one judge and kind (optionally only pending ones), oldest first."""
+        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
+        if pending is not None:
+            where += f" AND pending = {'true' if pending else 'false'}"
+        return sorted(self._select(where), key=lambda r: (r.created_at, r.item_id))
+
+    def count(self, judge: str, kind: Kind, *, pending: bool | None = None) -> int:
+        """How many rows one judge has of a kind."""
+        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
+        if pending is not None:
+            where += f" AND pending = {'true' if pending else 'false'}"
+        return int(self._memory.count_rows(where))
+
+    def page(self, judge: str, kind: Kind, *, limit: int, offset: int) -> tuple[int, list[MemoryRow]]:
+        """A page of one judge's rows of a kind, oldest first, with the total count."""
+        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
+        cols = ["item_id", "created_at"]
+        keys: list[dict[str, Any]] = (
+            self._memory.search().where(where).select(cols).limit(None).to_arrow().to_pylist()
+        )
+        keys.sort(key=lambda r: (r["created_at"], r["item_id"]))
+        chosen = [k["item_id"] for k in keys[offset : offset + limit]]
+        found = self.get(judge, kind, chosen)
+        return len(keys), [found[i] for i in chosen if i in found]
+
+    def nearest(self, judge: str, vector: Vector, k: int, *, exclude: Iterable[str] = ()) -> list[Neighbour]:
+        """The k feedback rows of one judge most similar to the vector, most similar first."""
+        if k <= 0:
+            return []
+        where = f"judge = {_q(judge)} AND kind = 'feedback'"
+        excluded = list(exclude)
+        if excluded:
+            where += f" AND NOT ({_in('item_id', excluded)})"
+        query = (
+            self._memory.search(vector.astype(np.float32), vector_column_name="vector")
+            .distance_type("cosine")
+            .where(where, prefilter=True)
+            .limit(k)
+        )
+        out: list[Neighbour] = []
+        for rec in query.to_arrow().to_pylist():
+            distance = float(rec.pop("_distance"))
+            out.append(Neighbour(row=self._from_record(rec), similarity=1.0 - distance))
+        return out
+
+    def set_pending(self, judge: str, item_ids: Iterable[str], pending: bool) -> None:
+        """Mark feedback items as waiting for (or done with) distillation."""
+        ids = list(item_ids)
+        if not ids:
+            return
+        where = f"judge = {_q(judge)} AND kind = 'feedback' AND {_in('item_id', ids)}"
+        with self._write_lock:
+            self._memory.update(where=where, values={"pending": pending})
+
+    # --- purge --------------------------------------------------------------------------------------------
+
+    def purge(self) -> None:
+        """Erase deleted rows from every file: drop tags, compact, rewrite fragments with deletions, prune.
+
+        optimize() alone keeps a fragment in which few rows were deleted (only a deletion vector is written), so
+        the removed text would stay inside that data file. When deletions remain after compaction, the table is
+        rewritten from its live rows. Old versions are pruned at once (not after 7 days) with unverified files,
+        which is safe only while no other process writes to this store: purge is an operator's action.
+        """
+        with self._write_lock:
+            for table in (self._memory, self._judges):
+                for tag in list(table.tags.list()):
+                    table.tags.delete(tag)
+                self._optimize_now(table)
+                if self._has_deletions(table):
+                    live = table.to_arrow()
+                    self._retry(lambda t=table, data=live: t.add(data, mode="overwrite"))
+                    self._optimize_now(table)
+
+    def _optimize_now(self, table: Any) -> None:
+        with warnings.catch_warnings():
+            # lancedb warns that pruning every old version can break concurrent readers; the docstring says why
+            # purge accepts that.
+            warnings.simplefilter("ignore", UserWarning)
+            self._retry(lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True))
+
+    @staticmethod
+    def _has_deletions(table: Any) -> bool:
+        versions = table.list_versions()
+        latest = max(versions, key=lambda v: v["version"])
+        return int(latest["metadata"].get("total_deletion_file_rows", "0")) > 0
+
+    @staticmethod
+    def _retry(action: Any) -> None:
+        """Run a LanceDB commit again while it fails with a retryable conflict from a concurrent writer."""
+        for attempt in range(_COMMIT_RETRIES):
+            try:
+                action()
+                return
+            except (RuntimeError, OSError) as exc:
+                retryable = "conflict" in str(exc).lower() or "retry" in str(exc).lower()
+                if not retryable or attempt == _COMMIT_RETRIES - 1:
+                    raise
+
+    def residue(self) -> tuple[int, int]:
+        """(versions kept, deleted rows still inside data files) of the memory table: (1, 0) after a purge."""
+        versions = self._memory.list_versions()
+        latest = max(versions, key=lambda v: v["version"])
+        return len(versions), int(latest["metadata"].get("total_deletion_file_rows", "0"))
+
+    # --- conversion ---------------------------------------------------------------------------------------
+
+    def _select(self, where: str) -> list[MemoryRow]:
+        records = self._memory.search().where(where).limit(None).to_arrow().to_pylist()
+        return [self._from_record(r) for r in records]
+
+    def _to_record(self, row: MemoryRow) -> dict[str, Any]:
+        vector = np.asarray(row.vector, dtype=np.float32)
+        if vector.shape != (self.dim,):
+            raise EmbeddingMismatchError(
+                f"A vector of shape {vector.shape} was given to a store of dimension {self.dim}."
+            )
+        return {
+            "id": row.key,
+            "judge": row.judge,
+            "kind": row.kind,
+            "item_id": row.item_id,
+            "vector": vector,
+            "text": row.text,
+            "body": json.dumps(row.body, ensure_ascii=False, sort_keys=True),
+            "sources": list(row.sources),
+            "content_hash": row.content_hash,
+            "pending": row.pending,
+            "created_at": row.created_at,
+        }
+
+    @staticmethod
+    def _from_record(rec: dict[str, Any]) -> MemoryRow:
+        return MemoryRow(
+            judge=rec["judge"],
+            kind=cast(Kind, rec["kind"]),
+            item_id=rec["item_id"],
+            vector=np.asarray(rec["vector"], dtype=np.float32),
+            text=rec["text"] or "",
+            body=json.loads(rec["body"] or "{}"),
+            sources=tuple(rec["sources"] or ()),
+            content_hash=rec["content_hash"] or "",
+            pending=bool(rec["pending"]),
+            created_at=rec["created_at"],
+        )
+
+
+def with_pending(row: MemoryRow, pending: bool) -> MemoryRow:
+    """A copy of a row with its pending flag set."""
+    return replace(row, pending=pending)
+
+
+_JUDGES_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("spec", pa.string()),
+        pa.field("memory_version", pa.int64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+_META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
+
+
+def _judge_row(rec: dict[str, Any]) -> JudgeRow:
+    return JudgeRow(
+        name=rec["name"],
+        spec_json=rec["spec"],
+        memory_version=int(rec["memory_version"]),
+        created_at=rec["created_at"],
+    )
