@@ -11,18 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from memalign_mcp.distill import DistillOutcome, WorkingGuideline
 from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError, ModelError
+from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
 from memalign_mcp.judge import JudgeService, guideline_of
-from memalign_mcp.models import AddFeedbackResult, FeedbackInput, Guideline, JudgeSpec, RemoveFeedbackResult
+from memalign_mcp.models import (
+    AddFeedbackResult,
+    FeedbackInput,
+    Guideline,
+    JudgeSpec,
+    LabelledExample,
+    RemoveFeedbackResult,
+)
 from memalign_mcp.prompts import FeedbackView
 from memalign_mcp.store import MemoryRow
 
-Progress = Callable[[int, int, str], None]
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 
 
@@ -44,7 +51,18 @@ def _view(row: MemoryRow) -> FeedbackView:
 
 
 class MemAlignService(JudgeService):
-    """The full engine: JudgeService plus add_feedback and remove_feedback."""
+    """The full engine: JudgeService plus add_feedback, remove_feedback and evaluate."""
+
+    def evaluate(
+        self,
+        name: str,
+        dataset: Sequence[LabelledExample] | None = None,
+        *,
+        compare_baseline: bool = False,
+        progress: Progress | None = None,
+    ) -> EvaluationReport:
+        """Agreement with human verdicts on a labelled set, or leave-one-out over the judge's own feedback."""
+        return evaluate(self, name, dataset, compare_baseline=compare_baseline, progress=progress)
 
     # --- validation ---------------------------------------------------------------------------------------
 
