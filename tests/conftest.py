@@ -14,6 +14,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedder
 from memalign_mcp.engine import open_engine
+from memalign_mcp.llm import close_cached_clients
 from memalign_mcp.settings import load_settings
 from scripted_model import ScriptedModelServer
 from support_desk_model import support_desk
@@ -27,6 +28,7 @@ def model_server() -> Iterator[ScriptedModelServer]:
     """One scripted OpenAI-compatible server for the whole run (litellm is imported once)."""
     with ScriptedModelServer(support_desk) as server:
         yield server
+    close_cached_clients()
 
 
 @pytest.fixture

@@ -58,7 +58,6 @@ class DistillOutcome:
     guidelines: list[WorkingGuideline]
     distilled_ids: list[str] = field(default_factory=list[str])
     failed_ids: list[str] = field(default_factory=list[str])
-    model_calls: int = 0
     error: str | None = None
 
 
@@ -143,11 +142,9 @@ class Reflector:
                 )
             except ModelError as exc:
                 log.warning("distillation failed; %d items stay pending: %s", len(ids), exc)
-                outcome.model_calls += 2
                 outcome.error = str(exc)
                 outcome.failed_ids.extend(ids)
                 continue
-            outcome.model_calls += reply.attempts
             self._apply(outcome.guidelines, reply.data["guidelines"], ids)
             outcome.distilled_ids.extend(ids)
         if progress:
@@ -205,10 +202,8 @@ class Reflector:
                 check=_check_consolidation(n, self.cap),
             )
         except ModelError as exc:
-            outcome.model_calls += 2
             outcome.error = f"consolidation failed, {n} guidelines kept (cap {self.cap}): {exc}"
             return guidelines
-        outcome.model_calls += reply.attempts
         merged: list[WorkingGuideline] = []
         proposed = reply.data["guidelines"]
         texts = [str(g["text"]).strip() for g in proposed]

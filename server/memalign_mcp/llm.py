@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import inspect
 import logging
 import math
 import os
@@ -94,6 +95,21 @@ def _prepare_litellm() -> None:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def close_cached_clients() -> None:
+    """Close the HTTP clients litellm keeps between calls, so no connection outlives its user."""
+    import sys
+
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return  # never imported: nothing was opened
+    cache = litellm.in_memory_llm_clients_cache
+    for client in list(cache.cache_dict.values()):
+        close = getattr(client, "close", None)
+        if callable(close) and not inspect.iscoroutinefunction(close):
+            close()
+    cache.flush_cache()
 
 
 def _is_retryable(exc: Exception) -> bool:

@@ -10,6 +10,12 @@ from typing import Any
 
 JUDGE = "helpfulness"
 SOURCE = "human_expert"
+# Must match configs/judges/helpfulness.toml (a test checks), so create_judge on it is idempotent.
+INSTRUCTIONS = (
+    "Evaluate whether the customer support bot's response is helpful given the user query.\n\n"
+    "User query: {{ inputs }}\n"
+    "Assistant response: {{ outputs }}\n"
+)
 
 ALIGNMENT: list[dict[str, Any]] = [
     {

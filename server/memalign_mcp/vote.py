@@ -16,6 +16,7 @@ from memalign_mcp.prompts import value_text
 from memalign_mcp.store import Neighbour
 
 _QUOTED = 2
+_TEMPERATURE = 0.1
 _QUOTE_CHARS = 300
 
 
@@ -37,9 +38,10 @@ def memory_verdict(spec: JudgeSpec, neighbours: Sequence[Neighbour], margin: flo
             "Add feedback with add_feedback, or configure a model (MEMALIGN_MODEL).",
             None,
         )
-    # Similarity can be negative; an opposite item should not vote, but every neighbour keeps a tiny weight
-    # so that a vote among only dissimilar items is still defined.
-    weights = [max(n.similarity, 0.0) + 1e-6 for n in neighbours]
+    # Weights fall off exponentially with distance from the nearest item: a near-duplicate of the query outvotes
+    # loosely related items, while neighbours about as similar as each other vote about equally.
+    nearest = max(n.similarity for n in neighbours)
+    weights = [math.exp((n.similarity - nearest) / _TEMPERATURE) for n in neighbours]
     values = [n.row.body["value"] for n in neighbours]
     if spec.feedback_type in ("int", "float"):
         value, confidence, summary = _numeric(spec, values, weights)

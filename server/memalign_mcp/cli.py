@@ -1,0 +1,210 @@
+"""The `memalign-mcp` command line: `serve` runs the MCP server over stdio or streamable HTTP.
+
+This module owns argument parsing, logging set-up and exit codes: settings come from the config file, then
+MEMALIGN_* variables, then flags, and a bad setting prints its message to stderr and exits 2. It must never
+write to stdout while serving over stdio (the protocol owns it), and it imports the MCP face only once the
+arguments are known, so `--help` and bad settings answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from memalign_mcp import __version__
+from memalign_mcp.errors import SettingsError
+from memalign_mcp.settings import DEFAULT_CONFIG, Settings, load_settings
+
+EXIT_OK = 0
+EXIT_BAD_SETTING = 2
+EXIT_INTERRUPTED = 130
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every subcommand shares: where settings and the store are."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=f"TOML settings file (default: {DEFAULT_CONFIG} when it exists)",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", default=None, help="directory of the LanceDB store (MEMALIGN_DATA_DIR)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of the log written to stderr (default: INFO)",
+    )
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the MCP server until the client disconnects (stdio) or the process is stopped (http)."""
+    from memalign_mcp.app import build_server  # loads the MCP SDK; not needed for --help or a bad setting
+
+    server = build_server(settings, log_level=args.log_level)
+    srv = settings.server
+    if srv.transport == "stdio":
+        server.run("stdio")
+    else:
+        logging.getLogger(__name__).info("serving MCP on http://%s:%d/mcp", srv.host, srv.port)
+        # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
+        server.run("streamable-http", host=srv.host, port=srv.port, stateless_http=True, json_response=True)
+    return EXIT_OK
+
+
+def _add_serve(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "serve",
+        help="run the MCP server",
+        description="Serve the judges over MCP: stdio by default, or streamable HTTP at http://HOST:PORT/mcp.",
+    )
+    parser.add_argument(
+        "--transport", choices=["stdio", "http"], default=None, help="how clients connect (default: stdio)"
+    )
+    parser.add_argument("--host", default=None, help="address to listen on over http (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on over http (default: 8000)")
+    _add_settings_flags(parser)
+    parser.set_defaults(command=_serve)
+
+
+def _demo(_args: argparse.Namespace, _settings: Settings) -> int:
+    """Run the seed workflow through a real MCP client against `serve` in a subprocess."""
+    from memalign_mcp.demo import main as demo_main
+
+    return demo_main()
+
+
+def _add_demo(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "demo",
+        help="run the seed workflow through an MCP client",
+        description=(
+            "Create the helpfulness judge, score a baseline, add feedback, show guidelines, score again, "
+            "remove the 'sweater' feedback and score again, all through an MCP client talking to "
+            "`memalign-mcp serve` over stdio, in a temporary store. Uses MEMALIGN_MODEL when set."
+        ),
+    )
+    _add_settings_flags(parser)
+    parser.set_defaults(command=_demo)
+
+
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Score a labelled set or the judge's own feedback, print Markdown, write JSON, Markdown and PNG."""
+    import json
+    from pathlib import Path
+
+    from memalign_mcp.engine import open_engine
+    from memalign_mcp.errors import MemAlignError
+    from memalign_mcp.models import LabelledExample
+    from memalign_mcp.report import render_markdown, write_report
+
+    try:
+        engine = open_engine(settings)
+        dataset = None
+        if args.dataset:
+            lines = Path(args.dataset).read_text(encoding="utf-8").splitlines()
+            dataset = [LabelledExample.model_validate(json.loads(line)) for line in lines if line.strip()]
+            if args.limit:
+                dataset = dataset[: args.limit]
+
+        def progress(done: int, total: int, _message: str) -> None:
+            width = 30
+            filled = width * done // max(total, 1)
+            print(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        report = engine.evaluate(
+            args.judge, dataset, compare_baseline=args.compare_baseline, progress=progress
+        )
+        print(file=sys.stderr)
+    except (MemAlignError, OSError, ValueError) as exc:
+        print(f"memalign-mcp eval: {exc}", file=sys.stderr)
+        return 1
+    label = args.dataset or "leave-one-out over the judge's feedback"
+    paths = write_report(report, args.out, dataset=label)
+    print(render_markdown(report, dataset=label))
+    print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_eval(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "eval",
+        help="measure a judge's agreement with human verdicts",
+        description=(
+            "Score a JSONL file of {inputs, outputs, value} items, or (without --dataset) the judge's own "
+            "feedback leave-one-out, and report agreement: accuracy, Cohen's kappa, confusion matrix (or MAE, "
+            "Spearman, Lin's CCC for numbers) with a 95% bootstrap interval."
+        ),
+    )
+    parser.add_argument("--judge", required=True, help="the judge to evaluate")
+    parser.add_argument("--dataset", metavar="FILE", default=None, help="JSONL of {inputs, outputs, value}")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N items of the dataset")
+    parser.add_argument(
+        "--compare-baseline", action="store_true", help="also score with memory switched off, side by side"
+    )
+    parser.add_argument("--out", metavar="DIR", default="reports", help="where to write the report files")
+    _add_settings_flags(parser)
+    parser.set_defaults(command=_eval)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted settings keys from the flags that were given; absent flags leave file and environment alone."""
+    return {
+        "store.data_dir": getattr(args, "data_dir", None),
+        "server.transport": getattr(args, "transport", None),
+        "server.host": getattr(args, "host", None),
+        "server.port": getattr(args, "port", None),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="memalign-mcp",
+        description="LLM judges that learn from human feedback and forget it exactly, served over MCP.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_serve(commands)
+    _add_demo(commands)
+    _add_eval(commands)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr: over stdio, stdout carries the protocol and nothing else."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    command: Command = args.command
+    try:
+        return command(args, load_settings(args.config, overrides=_overrides(args)))
+    except SettingsError as exc:
+        print(f"memalign-mcp: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # `python -m memalign_mcp.cli`, as the demo spawns the server
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""`memalign-mcp demo`: the seed notebook's workflow, run through a real MCP client against the server over stdio.
+
+Create the helpfulness judge, score a baseline, give feedback, show the guidelines, score again and compare,
+unalign the "sweater" feedback, score again, list judges. Everything goes through the protocol, as an agent's
+client would do it. With no model configured it says plainly that the judge runs from memory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, INSTRUCTIONS, JUDGE, SOURCE
+
+_RULE = "=" * 72
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and why."""
+
+
+def _print(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _step(number: int, title: str) -> None:
+    _print(f"\n{_RULE}\nStep {number}: {title}\n{_RULE}")
+
+
+async def _call(client: Any, tool: str, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments, **kwargs)
+    if result.is_error:
+        text = " ".join(getattr(c, "text", "") for c in result.content)
+        raise DemoError(f"{tool} failed: {text}")
+    return dict(result.structured_content or {})
+
+
+def _show_value(value: Any) -> str:
+    return json.dumps(value)
+
+
+async def _accuracy(client: Any, items: list[dict[str, Any]], label: str) -> float:
+    right = abstained = 0
+    for item in items:
+        scored = await _call(
+            client, "score_response", {"judge": JUDGE, "inputs": item["inputs"], "outputs": item["outputs"]}
+        )
+        ok = scored["value"] == item["value"]
+        right += ok
+        abstained += scored["value"] is None
+        mark = "agrees" if ok else ("no verdict" if scored["value"] is None else "DISAGREES")
+        _print(
+            f"  {item['id']:<14} human={json.dumps(item['value']):<5} judge={_show_value(scored['value']):<8} {mark:<9}"
+            f" (memory v{scored['judge_version']}, {scored['latency_ms']:.0f} ms, model {scored['model']})"
+        )
+    accuracy = right / len(items)
+    note = f" ({abstained} without a verdict count as disagreement)" if abstained else ""
+    _print(f"  {label}: {accuracy:.0%} agreement{note}")
+    return accuracy
+
+
+def _comparison(rows: list[tuple[str, float, float]]) -> None:
+    _print("\nPERFORMANCE COMPARISON")
+    _print(f"{'Dataset':<25} {'Baseline':<12} {'Aligned':<12} {'Change':<10}")
+    _print("-" * 60)
+    for name, base, aligned in rows:
+        _print(f"{name:<25} {base:<12.0%} {aligned:<12.0%} {aligned - base:+.0%}")
+    _print("-" * 60)
+
+
+async def run_demo(data_dir: Path) -> None:
+    """Run the whole workflow against `memalign-mcp serve` in a subprocess."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    model = os.environ.get("MEMALIGN_MODEL", "").strip()
+    _print("memalign-mcp demo: the seed notebook's workflow through a real MCP client over stdio.")
+    if model and model != "memory":
+        _print(f"Judge model: {model} (from MEMALIGN_MODEL).")
+    else:
+        _print(
+            "No MEMALIGN_MODEL is set: the judge runs from memory alone, WITHOUT a model. Its verdicts are a\n"
+            "similarity-weighted vote of the human verdicts it was given, it abstains when it cannot decide,\n"
+            "and no guidelines are distilled (that needs a reflection model). Set MEMALIGN_MODEL (any litellm\n"
+            "model, e.g. openai/gpt-4.1-mini) to run the full LLM judge."
+        )
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "memalign_mcp.cli", "serve", "--data-dir", str(data_dir), "--log-level", "WARNING"],
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("MEMALIGN_", "OPENAI_", "ANTHROPIC_", "LITELLM_"))
+        },
+    )
+    async with Client(params, read_timeout_seconds=600) as client:
+        tools = await client.list_tools()
+        _print(f"Connected: {len(tools.tools)} tools ({', '.join(t.name for t in tools.tools)}).")
+
+        _step(1, "create the helpfulness judge")
+        judge = await _call(
+            client, "create_judge", {"name": JUDGE, "instructions": INSTRUCTIONS, "feedback_type": "bool"}
+        )
+        _print(
+            f"  judge {judge['name']!r}: {judge['feedback_type']} verdicts, model {judge['effective_model']}, memory v{judge['memory_version']}"
+        )
+
+        _step(2, "baseline: score before any feedback")
+        base_align = await _accuracy(client, ALIGNMENT, "Alignment set")
+        base_test = await _accuracy(client, HELD_OUT, "Held-out set")
+
+        _step(3, "give human feedback (add_feedback)")
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            _print(f"  progress {done:.0f}/{total or 0:.0f} {message or ''}")
+
+        added = await _call(
+            client,
+            "add_feedback",
+            {"judge": JUDGE, "feedback": [i | {"source": SOURCE} for i in ALIGNMENT]},
+            progress_callback=progress,
+        )
+        _print(
+            f"  stored {len(added['feedback_ids'])} items; memory v{added['judge_version']}; pending {len(added['pending_ids'])}"
+        )
+        if added.get("note"):
+            _print(f"  note: {added['note']}")
+
+        _step(4, "inspect the distilled guidelines (semantic memory)")
+        guidelines = await _call(client, "list_guidelines", {"judge": JUDGE})
+        if not guidelines["guidelines"]:
+            _print("  (none: no reflection model, so the judge learns from worked examples only)")
+        for g in guidelines["guidelines"]:
+            _print(f"  - [{g['id']}] {g['text']}\n      from feedback: {', '.join(g['source_feedback_ids'])}")
+
+        _step(5, "score again with memory")
+        aligned_align = await _accuracy(client, ALIGNMENT, "Alignment set")
+        aligned_test = await _accuracy(client, HELD_OUT, "Held-out set")
+        _comparison([("Alignment Set", base_align, aligned_align), ("Test Set", base_test, aligned_test)])
+        if judge["effective_model"] == "memory":
+            _print(
+                "  (The memory judge holds the alignment items themselves, so its alignment-set score is recall;\n"
+                "   the held-out set is the one that shows what it learned.)"
+            )
+
+        _step(6, "unalign: remove the 'sweater' feedback")
+        removed = await _call(client, "remove_feedback", {"judge": JUDGE, "feedback_ids": ["sweater"]})
+        _print(f"  removed {removed['removed_ids']}; memory v{removed['judge_version']}")
+        for g in removed["guidelines_removed"]:
+            _print(f"  guideline forgotten: {g['text']}")
+        for g in removed["guidelines_revised"]:
+            _print(f"  guideline re-derived without it: {g['text']}")
+        if not removed["guidelines_removed"] and not removed["guidelines_revised"]:
+            _print("  no guideline cited it; its worked example is gone from episodic memory")
+        feedback = await _call(client, "list_feedback", {"judge": JUDGE, "limit": 50, "offset": 0})
+        _print(
+            f"  episodic memory now holds {feedback['total']} items: {', '.join(f['id'] for f in feedback['feedback'])}"
+        )
+
+        _step(7, "score again after unalignment")
+        await _accuracy(client, HELD_OUT, "Held-out set")
+
+        _step(8, "list judges")
+        judges = await _call(client, "list_judges", {})
+        for j in judges["judges"]:
+            _print(
+                f"  {j['name']}: memory v{j['memory_version']}, {j['feedback_count']} feedback, "
+                f"{j['guideline_count']} guidelines, model {j['effective_model']}"
+            )
+    _print(f"\nThe judge's store is in {data_dir} (a temporary directory, removed now).")
+
+
+def main() -> int:
+    """Run the demo in a temporary data directory; exit non-zero if a step fails."""
+    import anyio
+
+    with tempfile.TemporaryDirectory(prefix="memalign-demo-") as tmp:
+        try:
+            anyio.run(run_demo, Path(tmp))
+        except DemoError as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            return 1
+    return 0
