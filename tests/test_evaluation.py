@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import EngineFactory
-
 from memalign_mcp.models import LabelledExample
 from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, JUDGE
 from scripted_model import ScriptedModelServer
@@ -17,7 +16,8 @@ def test_leave_one_out_excludes_the_item_and_the_guidelines_it_sourced(
     engine.add_feedback(JUDGE, ALIGNMENT)
     model.calls.clear()
     report = engine.evaluate(JUDGE)
-    assert report.mode == "leave-one-out" and report.n_items == 5
+    assert report.mode == "leave-one-out"
+    assert report.n_items == 5
     judged = [c for c in model.calls if c.schema_name == "judgement"]
     assert len(judged) == 5
     sweater_prompt = next(
@@ -39,7 +39,8 @@ def test_dataset_evaluation_with_baseline_counts_both(engines: EngineFactory) ->
     assert report.baseline is not None
     assert (report.baseline.accuracy, report.aligned.accuracy) == (0.8, 1.0)
     matrix = report.baseline.confusion_matrix
-    assert matrix is not None and matrix.labels == [False, True]
+    assert matrix is not None
+    assert matrix.labels == [False, True]
     assert matrix.matrix == [[2, 1], [0, 2]]  # the double-charge reply: human false, judge true
 
 
@@ -48,4 +49,5 @@ def test_memory_judge_abstentions_are_counted_apart(engines: EngineFactory) -> N
     dataset = [LabelledExample(inputs=i["inputs"], outputs=i["outputs"], value=i["value"]) for i in HELD_OUT]
     report = engine.evaluate(JUDGE, dataset)
     assert report.model == "memory"
-    assert report.aligned.n_abstained == 5 and report.aligned.accuracy is None
+    assert report.aligned.n_abstained == 5
+    assert report.aligned.accuracy is None

@@ -15,8 +15,8 @@ with exponential backoff; litellm's own `num_retries` is not used because in thi
 from __future__ import annotations
 
 import functools
-import json
 import inspect
+import json
 import logging
 import math
 import os
