@@ -11,6 +11,7 @@ import pytest
 from conftest import EngineFactory
 from memalign_mcp.embeddings import HashingEmbedder, LocalMiniLMEmbedder
 from memalign_mcp.errors import InvalidInputError, JudgeExistsError, ModelError, UnknownJudgeError
+from memalign_mcp.llm import LiteLLMEmbedder
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, JUDGE, SOURCE
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
@@ -179,6 +180,22 @@ def test_restart_reembeds_nothing(engines: EngineFactory) -> None:
     score = restarted.score(JUDGE, "Is the shop open on Monday?", "Yes, from 9am.")
     assert counting.texts == ["Input: Is the shop open on Monday?\nOutput: Yes, from 9am."]
     assert score.examples_used[0] == "store-hours"
+
+
+def test_restart_with_a_remote_embedder_sends_only_the_query(
+    engines: EngineFactory, model: ScriptedModelServer
+) -> None:
+    def remote() -> LiteLLMEmbedder:
+        return LiteLLMEmbedder("openai/embedder", api_base=model.base_url, api_key="test")
+
+    engines.open(remote(), with_model=False).add_feedback(JUDGE, _feedback(ALIGNMENT))
+    model.embedding_calls.clear()
+    restarted = engines.open(remote(), with_model=False)
+    restarted.score(JUDGE, "Is the shop open on Monday?", "Yes, from 9am.")
+    # No dimension probe and no re-embedding of stored feedback: the query is the only text sent.
+    assert [c.texts for c in model.embedding_calls] == [
+        ["Input: Is the shop open on Monday?\nOutput: Yes, from 9am."]
+    ]
 
 
 def test_readding_same_content_changes_nothing_and_new_content_replaces(

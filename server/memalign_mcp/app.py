@@ -134,6 +134,11 @@ def open_default_engine(settings: Settings) -> MemAlignService:
     warm: Callable[[], None] | None = getattr(engine.embedder, "warm", None)
     if warm is not None:
         warm()
+    if settings.model.reflection_model is not None:
+        # A model is configured: pay litellm's import (about 3 s) now, off the request path, not in the first score.
+        from memalign_mcp.llm import preload_litellm
+
+        preload_litellm()
     return engine
 
 

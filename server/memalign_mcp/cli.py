@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -194,6 +195,9 @@ def configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    # Before numpy loads: our products are small, and idle OpenBLAS threads spinning after one of them slow
+    # the embedder and LanceDB on a 2-core machine more than threading saves (measured in benchmarks/).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     command: Command = args.command

@@ -66,7 +66,7 @@ def open_engine(
     uri = settings.store.resolved_uri()
     if "://" not in uri:
         Path(uri).mkdir(parents=True, exist_ok=True)
-    store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=embedder.dim)
+    store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim)
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     for spec in read_judge_files(settings.judges_path()):
         try:

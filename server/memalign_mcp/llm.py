@@ -97,6 +97,11 @@ def _prepare_litellm() -> None:
         logger.setLevel(level)
 
 
+def preload_litellm() -> None:
+    """Import and quiet litellm now (servers call this in the background at start when a model is set)."""
+    _prepare_litellm()
+
+
 def close_cached_clients() -> None:
     """Close the HTTP clients litellm keeps between calls, so no connection outlives its user."""
     import sys

@@ -7,6 +7,9 @@ This is the only module that imports lancedb. It owns the on-disk layout:
 - `judges`: one row per judge (spec as JSON, memory version, created_at).
 - `store_meta`: which embedding model and dimension built the vectors; a store refuses to mix models.
 
+Scalar indexes (a B-tree on `id`, a bitmap on `judge`) keep reads of one judge or of rows by key from scanning
+every judge's memory; rows written since an index was built are scanned, so it is rebuilt when they pile up.
+
 It knows nothing of judging, prompts or models, and never embeds text itself: vectors come in ready-made.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -23,17 +26,21 @@ from typing import Any, Literal, cast
 import lancedb  # pyright: ignore[reportMissingTypeStubs]
 import numpy as np
 import pyarrow as pa
+from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStubs]
 from numpy.typing import NDArray
 
 from memalign_mcp.errors import EmbeddingMismatchError, MemAlignError
 
 Kind = Literal["feedback", "guideline"]
 Vector = NDArray[np.float32]
+Matrix = NDArray[np.float32]
 
 _MEMORY = "memory"
 _JUDGES = "judges"
 _META = "store_meta"
 _COMMIT_RETRIES = 20
+# Rows outside the scalar indexes that a filter may scan before the indexes are rebuilt.
+_UNINDEXED_ROWS = 2_000
 
 
 def _q(text: str) -> str:
@@ -43,6 +50,11 @@ def _q(text: str) -> str:
 
 def _in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(_q(v) for v in values)})"
+
+
+def _keys(judge: str, kind: str, item_ids: Iterable[str]) -> str:
+    """A filter on the primary key (indexed) for rows of one judge and kind with these item ids."""
+    return _in("id", (f"{judge}/{kind}/{i}" for i in item_ids))
 
 
 @dataclass(frozen=True)
@@ -87,16 +99,22 @@ class JudgeRow:
 class MemoryStore:
     """A LanceDB database holding every judge's memory; safe to share between threads of one process."""
 
-    def __init__(self, uri: str, *, embedding_name: str, embedding_dim: int) -> None:
+    def __init__(self, uri: str, *, embedding_name: str, embedding_dim: int | Callable[[], int]) -> None:
+        """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
+
+        A remote embedder learns its dimension by embedding a probe text; a store that recorded it already
+        must not make every restart pay for that request.
+        """
         self.uri = uri
         self.embedding_name = embedding_name
-        self.dim = embedding_dim
         # read_consistency_interval=0: a long-lived handle sees other processes' writes at no measured cost.
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
         self._write_lock = threading.RLock()
-        self._check_meta()
+        self.dim = self._check_meta(embedding_dim)
         self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
         self._judges = self._open_or_create(_JUDGES, _JUDGES_SCHEMA, "name")
+        self._judges_cache: tuple[int, dict[str, JudgeRow]] | None = None
+        self._index_memory(only_missing=True)
 
     # --- layout -------------------------------------------------------------------------------------------
 
@@ -133,37 +151,54 @@ class MemoryStore:
             table.set_unenforced_primary_key(key)
             return table
 
-    def _check_meta(self) -> None:
+    def _check_meta(self, embedding_dim: int | Callable[[], int]) -> int:
+        """Record the embedding model on a new store; refuse a store built with another model."""
         meta = self._open_or_create(_META, _META_SCHEMA, "key")
         found = {r["key"]: r["value"] for r in meta.to_arrow().to_pylist()}
         if not found:
+            dim = embedding_dim if isinstance(embedding_dim, int) else embedding_dim()
             rows = [
                 {"key": "embedding_model", "value": self.embedding_name},
-                {"key": "dim", "value": str(self.dim)},
+                {"key": "dim", "value": str(dim)},
             ]
             meta.merge_insert("key").when_not_matched_insert_all().execute(
                 pa.Table.from_pylist(rows, schema=_META_SCHEMA)
             )
-            return
-        if found.get("embedding_model") != self.embedding_name or found.get("dim") != str(self.dim):
+            return dim
+        recorded_model = found.get("embedding_model")
+        recorded_dim = int(found.get("dim", "0"))
+        dim = embedding_dim if isinstance(embedding_dim, int) else recorded_dim
+        if recorded_model != self.embedding_name or recorded_dim != dim:
             raise EmbeddingMismatchError(
-                f"The store at {self.uri} was built with embedding model {found.get('embedding_model')!r} "
-                f"(dimension {found.get('dim')}), but {self.embedding_name!r} (dimension {self.dim}) is configured. "
+                f"The store at {self.uri} was built with embedding model {recorded_model!r} "
+                f"(dimension {recorded_dim}), but {self.embedding_name!r} (dimension {dim}) is configured. "
                 "Vectors of two models cannot be mixed: set MEMALIGN_EMBEDDING_MODEL back to "
-                f"{found.get('embedding_model')!r}, or use another --data-dir for the new model."
+                f"{recorded_model!r}, or use another --data-dir for the new model."
             )
+        return dim
 
     # --- judges -------------------------------------------------------------------------------------------
 
+    def _judges_now(self) -> dict[str, JudgeRow]:
+        """Every judge row, read again only when the judges table has a new version (a check of ~0.2 ms).
+
+        Every score reads its judge's memory version; a query of the table costs ten times the check.
+        """
+        version = self._judges.version
+        cached = self._judges_cache
+        if cached is None or cached[0] != version:
+            # Read after the version: rows newer than it are re-read at the next check, never missed.
+            cached = (version, {r["name"]: _judge_row(r) for r in self._judges.to_arrow().to_pylist()})
+            self._judges_cache = cached
+        return cached[1]
+
     def judge_rows(self) -> list[JudgeRow]:
         """Every judge, sorted by name."""
-        rows = [_judge_row(r) for r in self._judges.to_arrow().to_pylist()]
-        return sorted(rows, key=lambda r: r.name)
+        return sorted(self._judges_now().values(), key=lambda r: r.name)
 
     def judge_row(self, name: str) -> JudgeRow | None:
         """One judge, or None."""
-        found = self._judges.search().where(f"name = {_q(name)}").limit(1).to_arrow().to_pylist()
-        return _judge_row(found[0]) if found else None
+        return self._judges_now().get(name)
 
     def insert_judge(self, name: str, spec_json: str) -> JudgeRow:
         """Store a new judge at memory version 0; keep the existing row if the name is taken."""
@@ -196,6 +231,24 @@ class MemoryStore:
             self._judges.delete(f"name = {_q(name)}")
         return n_feedback, n_guidelines
 
+    # --- scalar indexes -----------------------------------------------------------------------------------
+
+    def _index_memory(self, *, only_missing: bool = False) -> None:
+        """Build the B-tree on `id` and the bitmap on `judge` (all of them, or only those that are missing)."""
+        with self._write_lock:
+            have = {ix.columns[0] for ix in self._memory.list_indices()} if only_missing else set[str]()
+            for column, config in (("id", BTree()), ("judge", Bitmap())):
+                if column not in have:
+                    self._retry(
+                        lambda c=column, k=config: self._memory.create_index(c, config=k, replace=True)
+                    )
+
+    def _keep_indexed(self) -> None:
+        """Rebuild the scalar indexes when too many rows written since the last build are outside them."""
+        stats = self._memory.index_stats("id_idx")
+        if stats is None or stats.num_unindexed_rows > _UNINDEXED_ROWS:
+            self._index_memory()
+
     # --- memory rows --------------------------------------------------------------------------------------
 
     def upsert(self, rows: Sequence[MemoryRow]) -> None:
@@ -207,6 +260,7 @@ class MemoryStore:
             self._memory.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
                 table
             )
+            self._keep_indexed()
 
     def delete(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> None:
         """Delete rows of one judge and kind by item id."""
@@ -214,15 +268,14 @@ class MemoryStore:
         if not ids:
             return
         with self._write_lock:
-            self._memory.delete(f"judge = {_q(judge)} AND kind = {_q(kind)} AND {_in('item_id', ids)}")
+            self._memory.delete(_keys(judge, kind, ids))
 
     def get(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> dict[str, MemoryRow]:
         """Rows of one judge and kind with these item ids, keyed by item id."""
         ids = list(item_ids)
         if not ids:
             return {}
-        where = f"judge = {_q(judge)} AND kind = {_q(kind)} AND {_in('item_id', ids)}"
-        return {r.item_id: r for r in self._select(where)}
+        return {r.item_id: r for r in self._select(_keys(judge, kind, ids))}
 
     def rows(self, judge: str, kind: Kind, *, pending: bool | None = None) -> list[MemoryRow]:
         """Every row of one judge and kind (optionally only pending ones), oldest first."""
@@ -250,6 +303,19 @@ class MemoryStore:
         found = self.get(judge, kind, chosen)
         return len(keys), [found[i] for i in chosen if i in found]
 
+    def feedback_vectors(self, judge: str) -> tuple[list[str], Matrix]:
+        """Item ids and vectors (one row each) of every feedback item of one judge, in one read."""
+        where = f"judge = {_q(judge)} AND kind = 'feedback'"
+        query = self._memory.search().where(where).select(["item_id", "vector"]).limit(None)
+        ids: list[str] = []
+        parts: list[Matrix] = [np.zeros((0, self.dim), dtype=np.float32)]
+        # Batch by batch, so that at most one extra copy of the vectors is alive while the matrix is built.
+        for batch in query.to_batches():
+            ids.extend(batch.column("item_id").to_pylist())
+            flat = batch.column("vector").values.to_numpy(zero_copy_only=False)
+            parts.append(np.asarray(flat, dtype=np.float32).reshape(-1, self.dim))
+        return ids, np.concatenate(parts)
+
     def nearest(self, judge: str, vector: Vector, k: int, *, exclude: Iterable[str] = ()) -> list[Neighbour]:
         """The k feedback rows of one judge most similar to the vector, most similar first."""
         if k <= 0:
@@ -275,9 +341,9 @@ class MemoryStore:
         ids = list(item_ids)
         if not ids:
             return
-        where = f"judge = {_q(judge)} AND kind = 'feedback' AND {_in('item_id', ids)}"
         with self._write_lock:
-            self._memory.update(where=where, values={"pending": pending})
+            self._memory.update(where=_keys(judge, "feedback", ids), values={"pending": pending})
+            self._keep_indexed()
 
     # --- purge --------------------------------------------------------------------------------------------
 
@@ -298,6 +364,9 @@ class MemoryStore:
                     live = table.to_arrow()
                     self._retry(lambda t=table, data=live: t.add(data, mode="overwrite"))
                     self._optimize_now(table)
+            # Rebuilt from the live rows, then pruned again, so that no index file keeps a removed row's key.
+            self._index_memory()
+            self._optimize_now(self._memory)
 
     def _optimize_now(self, table: Any) -> None:
         with warnings.catch_warnings():
