@@ -67,14 +67,18 @@ def _categorical(values: list[Value], weights: list[float], margin: float) -> tu
         return (
             None,
             share,
-            f"the {len(values)} most similar past items are split ({counts} of the weight), "
+            f"the {_items(len(values))} are split ({counts} of the weight), "
             f"closer than the margin {margin:.0%}, so it abstains.",
         )
     return (
         originals[best_key],
         share,
-        f"{len(values)} most similar past items, weighted by similarity: {counts}; verdict {best_key}.",
+        f"{_items(len(values))}, weighted by similarity: {counts}; verdict {best_key}.",
     )
+
+
+def _items(n: int) -> str:
+    return "most similar past item" if n == 1 else f"{n} most similar past items"
 
 
 def _numeric(spec: JudgeSpec, values: list[Value], weights: list[float]) -> tuple[Value, float, str]:
