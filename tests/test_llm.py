@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from memalign_mcp.errors import ModelError
-from memalign_mcp.llm import Completion, LiteLLMClient, LiteLLMEmbedder, ModelClient
+from memalign_mcp.llm import Completion, LiteLLMClient, LiteLLMEmbedder, ModelClient, close_cached_clients
 from scripted_model import (
     ChatCall,
     Reply,
@@ -50,6 +50,7 @@ def check_verdict(data: dict[str, Any]) -> None:
 def model_server() -> Iterator[ScriptedModelServer]:
     with ScriptedModelServer() as server:
         yield server
+    close_cached_clients()
 
 
 @pytest.fixture
@@ -314,3 +315,15 @@ def test_scripted_server_answers_unknown_paths_with_404(server: ScriptedModelSer
 
     assert raised.value.code == 404
     assert "no route" in raised.value.read().decode()
+
+
+def test_a_call_from_the_main_thread_leaves_no_event_loop_behind(
+    server: ScriptedModelServer, client: LiteLLMClient
+) -> None:
+    import asyncio
+
+    server.reset(lambda call: GOOD)
+    ask(client)
+    # litellm's logging would otherwise create and set a loop here that nothing closes (a ResourceWarning later).
+    local = asyncio.get_event_loop_policy()._local  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportDeprecated]
+    assert getattr(local, "_loop", None) is None

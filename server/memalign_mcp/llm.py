@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -150,6 +151,23 @@ def _failure_text(exc: Exception) -> str:
     return f"{text[:300]}..." if len(text) > 300 else text
 
 
+@functools.cache
+def _litellm_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="litellm")
+
+
+def _off_main_thread(request: Callable[[], Any]) -> Any:
+    """Run a litellm call where it cannot leave an event loop behind.
+
+    litellm's sync path logs through `asyncio.get_event_loop()`, which on the main thread creates an event loop,
+    sets it as current and never closes it. On any other thread that call fails and litellm uses `asyncio.run`,
+    which closes its loop, so main-thread callers (the CLI, tests, benchmarks) hand the call to a worker thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return request()
+    return _litellm_thread().submit(request).result()
+
+
 class _Retrier:
     """Sends one request with bounded retries on transport failures, counting every request made."""
 
@@ -173,7 +191,7 @@ class _Retrier:
             with self._lock:
                 self.calls += 1
             try:
-                return request(), attempts
+                return _off_main_thread(request), attempts
             except openai.OpenAIError as exc:
                 if attempts > self.max_retries or not _is_retryable(exc):
                     raise _transport_error(

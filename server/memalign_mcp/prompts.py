@@ -161,46 +161,32 @@ def _example(number: int, example: ExampleView, fence: Fence) -> str:
 
 # --- reflection: distilling, consolidating and re-deriving guidelines ------------------------------------------
 
-DISTILL_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "guidelines": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "text": {"type": "string"},
-                    "source_items": {"type": "array", "items": {"type": "integer"}},
-                    "existing": {"type": ["integer", "null"]},
-                },
-                "required": ["text", "source_items", "existing"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["guidelines"],
-    "additionalProperties": False,
-}
 
-CONSOLIDATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "guidelines": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "text": {"type": "string"},
-                    "merged_from": {"type": "array", "items": {"type": "integer"}},
+def _guidelines_schema(item: dict[str, Any]) -> dict[str, Any]:
+    """A reply schema of the form {"guidelines": [item, ...]}, every item property required (strict mode)."""
+    return {
+        "type": "object",
+        "properties": {
+            "guidelines": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": item,
+                    "required": list(item),
+                    "additionalProperties": False,
                 },
-                "required": ["text", "merged_from"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["guidelines"],
-    "additionalProperties": False,
-}
+            }
+        },
+        "required": ["guidelines"],
+        "additionalProperties": False,
+    }
+
+
+_NUMBERS: dict[str, Any] = {"type": "array", "items": {"type": "integer"}}
+DISTILL_SCHEMA = _guidelines_schema(
+    {"text": {"type": "string"}, "source_items": _NUMBERS, "existing": {"type": ["integer", "null"]}}
+)
+CONSOLIDATE_SCHEMA = _guidelines_schema({"text": {"type": "string"}, "merged_from": _NUMBERS})
 
 _GUIDELINE_STYLE = (
     "A guideline is one short sentence (at most about 30 words) stating a general rule for judging, such as "
