@@ -50,8 +50,8 @@ from memalign_mcp.engine import make_client, open_engine
 from memalign_mcp.judge import VectorSnapshot
 from memalign_mcp.llm import Check, Completion, ModelClient
 from memalign_mcp.models import FeedbackInput, JudgeSpec
+from memalign_mcp.records import MemoryRow, Neighbour
 from memalign_mcp.settings import Settings, load_settings
-from memalign_mcp.store import MemoryRow, Neighbour
 from memalign_mcp.vote import memory_verdict
 from run_record import describe, percentile, run_record
 

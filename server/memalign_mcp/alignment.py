@@ -28,7 +28,7 @@ from memalign_mcp.models import (
     RemoveFeedbackResult,
 )
 from memalign_mcp.prompts import FeedbackView
-from memalign_mcp.store import MemoryRow
+from memalign_mcp.records import MemoryRow
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
 

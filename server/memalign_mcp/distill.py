@@ -29,7 +29,7 @@ from memalign_mcp.prompts import (
     distill_messages,
     rederive_messages,
 )
-from memalign_mcp.store import Vector
+from memalign_mcp.records import Vector
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]

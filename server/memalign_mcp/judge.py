@@ -34,8 +34,9 @@ from memalign_mcp.models import (
     ScoreResult,
 )
 from memalign_mcp.prompts import ExampleView, instructions_with_guidelines, score_messages, score_schema
+from memalign_mcp.records import JudgeRow, Matrix, MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import Settings
-from memalign_mcp.store import JudgeRow, Matrix, MemoryRow, MemoryStore, Neighbour, Vector
+from memalign_mcp.store import MemoryStore
 from memalign_mcp.vote import memory_verdict
 
 

@@ -19,21 +19,16 @@ import json
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import lancedb  # pyright: ignore[reportMissingTypeStubs]
 import numpy as np
 import pyarrow as pa
 from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStubs]
-from numpy.typing import NDArray
 
 from memalign_mcp.errors import EmbeddingMismatchError, MemAlignError
-
-Kind = Literal["feedback", "guideline"]
-Vector = NDArray[np.float32]
-Matrix = NDArray[np.float32]
+from memalign_mcp.records import JudgeRow, Kind, Matrix, MemoryRow, Neighbour, Vector
 
 _MEMORY = "memory"
 _JUDGES = "judges"
@@ -55,45 +50,6 @@ def _in(column: str, values: Iterable[str]) -> str:
 def _keys(judge: str, kind: str, item_ids: Iterable[str]) -> str:
     """A filter on the primary key (indexed) for rows of one judge and kind with these item ids."""
     return _in("id", (f"{judge}/{kind}/{i}" for i in item_ids))
-
-
-@dataclass(frozen=True)
-class MemoryRow:
-    """One stored memory: a feedback item or a guideline of one judge."""
-
-    judge: str
-    kind: Kind
-    item_id: str
-    vector: Vector
-    text: str
-    body: dict[str, Any] = field(default_factory=dict[str, Any])
-    sources: tuple[str, ...] = ()
-    content_hash: str = ""
-    pending: bool = False
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @property
-    def key(self) -> str:
-        """The table's primary key for this row."""
-        return f"{self.judge}/{self.kind}/{self.item_id}"
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """A feedback row returned by similarity search, with its cosine similarity to the query."""
-
-    row: MemoryRow
-    similarity: float
-
-
-@dataclass(frozen=True)
-class JudgeRow:
-    """A judge as stored: its spec (JSON text), memory version and creation time."""
-
-    name: str
-    spec_json: str
-    memory_version: int
-    created_at: datetime
 
 
 class MemoryStore:
@@ -439,11 +395,6 @@ class MemoryStore:
             pending=bool(rec["pending"]),
             created_at=rec["created_at"],
         )
-
-
-def with_pending(row: MemoryRow, pending: bool) -> MemoryRow:
-    """A copy of a row with its pending flag set."""
-    return replace(row, pending=pending)
 
 
 _JUDGES_SCHEMA = pa.schema(

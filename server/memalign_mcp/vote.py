@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from memalign_mcp.models import JudgeSpec, Value
 from memalign_mcp.prompts import value_text
-from memalign_mcp.store import Neighbour
+from memalign_mcp.records import Neighbour
 
 _QUOTED = 2
 _TEMPERATURE = 0.1
