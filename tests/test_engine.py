@@ -10,7 +10,13 @@ import pytest
 
 from conftest import EngineFactory
 from memalign_mcp.embeddings import HashingEmbedder, LocalMiniLMEmbedder
-from memalign_mcp.errors import InvalidInputError, JudgeExistsError, ModelError, UnknownJudgeError
+from memalign_mcp.errors import (
+    EmbeddingMismatchError,
+    InvalidInputError,
+    JudgeExistsError,
+    ModelError,
+    UnknownJudgeError,
+)
 from memalign_mcp.llm import LiteLLMEmbedder
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, JUDGE, SOURCE
@@ -378,3 +384,12 @@ def test_create_judge_is_idempotent_for_an_identical_spec_only(engines: EngineFa
     assert engine.create_judge(spec).name == "tone"
     with pytest.raises(JudgeExistsError, match="instructions"):
         engine.create_judge(JudgeSpec(name="tone", instructions="Is {{ outputs }} cold?"))
+
+
+def test_a_store_refuses_vectors_of_another_embedding_model(engines: EngineFactory) -> None:
+    engines.open(HashingEmbedder(), with_model=False).add_feedback(JUDGE, _feedback(ALIGNMENT))
+    with pytest.raises(
+        EmbeddingMismatchError, match=r"built with embedding model 'hashing-384'.*another --data-dir"
+    ):
+        engines.open(HashingEmbedder(dim=64), with_model=False)
+    assert engines.open(HashingEmbedder(), with_model=False).list_feedback(JUDGE).total == 5
