@@ -19,6 +19,7 @@ from memalign_mcp.errors import (
 )
 from memalign_mcp.llm import LiteLLMEmbedder
 from memalign_mcp.models import JudgeSpec
+from memalign_mcp.records import MemoryRow
 from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, JUDGE, SOURCE
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
 from support_desk_model import DIRECT, EMPATHY, POLITE, support_desk
@@ -393,3 +394,15 @@ def test_a_store_refuses_vectors_of_another_embedding_model(engines: EngineFacto
     ):
         engines.open(HashingEmbedder(dim=64), with_model=False)
     assert engines.open(HashingEmbedder(), with_model=False).list_feedback(JUDGE).total == 5
+
+
+def test_many_small_writes_are_compacted_by_housekeeping(engines: EngineFactory) -> None:
+    store = engines.open(with_model=False).store
+    vectors = HashingEmbedder().embed([f"item {n}" for n in range(120)])
+    for n, vector in enumerate(vectors):
+        store.upsert(
+            [MemoryRow(judge=JUDGE, kind="feedback", item_id=f"i{n}", vector=vector, text=f"item {n}")]
+        )
+    # One fragment per write would be 120; housekeeping compacted them on the 100th write.
+    assert store.fragments() < 30
+    assert store.count(JUDGE, "feedback") == 120

@@ -16,6 +16,7 @@ It knows nothing of judging, prompts or models, and never embeds text itself: ve
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -33,9 +34,14 @@ from memalign_mcp.records import JudgeRow, Kind, Matrix, MemoryRow, Neighbour, V
 _MEMORY = "memory"
 _JUDGES = "judges"
 _META = "store_meta"
+log = logging.getLogger(__name__)
 _COMMIT_RETRIES = 20
 # Rows outside the scalar indexes that a filter may scan before the indexes are rebuilt.
 _UNINDEXED_ROWS = 2_000
+# Every write adds a fragment and a version: compact and prune after this many writes of this process.
+_TIDY_EVERY = 100
+# Versions younger than this are kept, so readers in other processes never lose the version they read.
+_KEEP_VERSIONS = timedelta(hours=1)
 
 
 def _q(text: str) -> str:
@@ -70,6 +76,7 @@ class MemoryStore:
         self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
         self._judges = self._open_or_create(_JUDGES, _JUDGES_SCHEMA, "name")
         self._judges_cache: tuple[int, dict[str, JudgeRow]] | None = None
+        self._writes = 0
         self._index_memory(only_missing=True)
 
     # --- layout -------------------------------------------------------------------------------------------
@@ -173,6 +180,7 @@ class MemoryStore:
             self._judges.update(
                 where=f"name = {_q(name)}", values_sql={"memory_version": "memory_version + 1"}
             )
+            self._count_write()
             stored = self.judge_row(name)
         if stored is None:
             raise MemAlignError(f"Judge {name!r} vanished while its memory was being changed.")
@@ -199,11 +207,37 @@ class MemoryStore:
                         lambda c=column, k=config: self._memory.create_index(c, config=k, replace=True)
                     )
 
-    def _keep_indexed(self) -> None:
-        """Rebuild the scalar indexes when too many rows written since the last build are outside them."""
+    def _count_write(self) -> None:
+        """Count a commit of this process; every _TIDY_EVERY commits, tidy the store."""
+        self._writes += 1
+        if self._writes % _TIDY_EVERY == 0:
+            self.tidy()
+
+    def _after_write(self) -> None:
+        """Keep a long-lived store fast: indexes rebuilt when stale, small fragments compacted now and then."""
+        self._count_write()
         stats = self._memory.index_stats("id_idx")
         if stats is None or stats.num_unindexed_rows > _UNINDEXED_ROWS:
             self._index_memory()
+
+    def tidy(self) -> None:
+        """Compact both tables' small fragments and prune versions older than an hour (housekeeping).
+
+        Each write makes a fragment and a version; without this, reads slow down as they pile up. A conflict
+        with another process's write only postpones the work to the next round.
+        """
+        with self._write_lock:
+            for table in (self._memory, self._judges):
+                try:
+                    table.optimize(cleanup_older_than=_KEEP_VERSIONS)
+                except (RuntimeError, OSError) as exc:
+                    log.warning("store housekeeping postponed: %s", exc)
+
+    def fragments(self) -> int:
+        """How many data fragments the memory table has (for tests and benchmarks of housekeeping)."""
+        versions = self._memory.list_versions()
+        latest = max(versions, key=lambda v: v["version"])
+        return int(latest["metadata"].get("total_fragments", "0"))
 
     # --- memory rows --------------------------------------------------------------------------------------
 
@@ -216,7 +250,7 @@ class MemoryStore:
             self._memory.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
                 table
             )
-            self._keep_indexed()
+            self._after_write()
 
     def delete(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> None:
         """Delete rows of one judge and kind by item id."""
@@ -225,6 +259,7 @@ class MemoryStore:
             return
         with self._write_lock:
             self._memory.delete(_keys(judge, kind, ids))
+            self._count_write()
 
     def get(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> dict[str, MemoryRow]:
         """Rows of one judge and kind with these item ids, keyed by item id."""
@@ -299,7 +334,7 @@ class MemoryStore:
             return
         with self._write_lock:
             self._memory.update(where=_keys(judge, "feedback", ids), values={"pending": pending})
-            self._keep_indexed()
+            self._after_write()
 
     # --- purge --------------------------------------------------------------------------------------------
 
