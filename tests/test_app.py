@@ -507,7 +507,7 @@ async def test_add_feedback_reports_progress_and_distils_guidelines_that_cite_th
     assert not result.is_error, text_of(result)
     added = result.structured_content
     assert added is not None
-    assert reported == [(0, 1, "distilling batch 1 of 1"), (1, 1, "distilled")]
+    assert reported == [(0, 1, "distilling 2 items in 1 batch"), (1, 1, "distilled batch 1 of 1")]
     assert added["pending_ids"] == []
     polite = next(g for g in added["guidelines_added"] if g["text"] == POLITE)
     assert polite["source_feedback_ids"] == ["r-1"]

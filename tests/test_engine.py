@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +407,24 @@ def test_many_small_writes_are_compacted_by_housekeeping(engines: EngineFactory)
     # One fragment per write would be 120; housekeeping compacted them on the 100th write.
     assert store.fragments() < 30
     assert store.count(JUDGE, "feedback") == 120
+
+
+def test_distillation_batches_run_concurrently_and_a_failed_batch_leaves_only_its_items_pending(
+    engines: EngineFactory, model: ScriptedModelServer
+) -> None:
+    both_in_flight = threading.Barrier(2, timeout=10)
+
+    def script(call: ChatCall) -> Reply:
+        if call.schema_name != "guidelines":
+            return support_desk(call)
+        both_in_flight.wait()  # breaks (and fails the batch) unless two batches are asked at the same time
+        if "nothing like the photo" in call.prompt_text():
+            return ScriptedError(500, "this batch fails")
+        return support_desk(call)
+
+    model.reset(script)
+    engine = engines.open(overrides={"memory.distill_batch_size": 1, "memory.distill_concurrency": 2})
+    engine.score(JUDGE, "Where is my parcel?", "On its way.")  # a model's first call goes alone; this is it
+    result = engine.add_feedback(JUDGE, _feedback([ALIGNMENT[2], ALIGNMENT[4]]))
+    assert result.pending_ids == ["sweater"]
+    assert [g.source_feedback_ids for g in result.guidelines_added] == [["track-order"]]

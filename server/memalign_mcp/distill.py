@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from memalign_mcp.embeddings import Embedder
 from memalign_mcp.errors import ModelError
-from memalign_mcp.llm import ModelClient
+from memalign_mcp.llm import Completion, ModelClient
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.prompts import (
     CONSOLIDATE_SCHEMA,
@@ -87,6 +88,7 @@ class Reflector:
         cap: int,
         batch_size: int,
         batch_chars: int,
+        concurrency: int = 4,
     ) -> None:
         self.client = client
         self.model = model
@@ -95,6 +97,7 @@ class Reflector:
         self.cap = cap
         self.batch_size = batch_size
         self.batch_chars = batch_chars
+        self.concurrency = concurrency
 
     def batches(self, items: Sequence[tuple[str, FeedbackView]]) -> list[list[tuple[str, FeedbackView]]]:
         """Split items into batches within the item and context budgets."""
@@ -120,35 +123,45 @@ class Reflector:
         items: Sequence[tuple[str, FeedbackView]],
         progress: Progress | None = None,
     ) -> DistillOutcome:
-        """Learn from new items, seeing only them and the existing guideline texts; stop at the first failure."""
+        """Learn from new items, seeing only them and the existing guideline texts.
+
+        Batches go to the model concurrently, each seeing the guidelines as they were before this round (a real
+        model takes seconds a call; 1,000 items would otherwise wait for 20 calls in a row). Replies are applied
+        in batch order, so the outcome does not depend on which reply came first, and near-identical
+        guidelines from different batches merge by embedding similarity. A failed batch leaves its items
+        undistilled (reported as failed); the others still count.
+        """
         outcome = DistillOutcome(guidelines=guidelines)
         batches = self.batches(items)
-        for number, batch in enumerate(batches, start=1):
-            if progress:
-                progress(number - 1, len(batches), f"distilling batch {number} of {len(batches)}")
-            ids = [item_id for item_id, _ in batch]
-            if outcome.error is not None:
-                outcome.failed_ids.extend(ids)
-                continue
-            try:
-                reply = self.client.complete_json(
-                    model=self.model,
-                    messages=distill_messages(
-                        spec, [v for _, v in batch], [g.text for g in outcome.guidelines]
-                    ),
-                    schema_name="guidelines",
-                    schema=DISTILL_SCHEMA,
-                    check=_check_sources(len(batch), "source_items"),
-                )
-            except ModelError as exc:
-                log.warning("distillation failed; %d items stay pending: %s", len(ids), exc)
-                outcome.error = str(exc)
-                outcome.failed_ids.extend(ids)
-                continue
-            self._apply(outcome.guidelines, reply.data["guidelines"], ids)
-            outcome.distilled_ids.extend(ids)
+        known = [g.text for g in guidelines]
+
+        def ask(batch: list[tuple[str, FeedbackView]]) -> Completion:
+            return self.client.complete_json(
+                model=self.model,
+                messages=distill_messages(spec, [v for _, v in batch], known),
+                schema_name="guidelines",
+                schema=DISTILL_SCHEMA,
+                check=_check_sources(len(batch), "source_items"),
+            )
+
         if progress:
-            progress(len(batches), len(batches), "distilled")
+            batches_text = "1 batch" if len(batches) == 1 else f"{len(batches)} batches"
+            progress(0, len(batches), f"distilling {len(items)} items in {batches_text}")
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(batches)))) as pool:
+            futures = [pool.submit(ask, batch) for batch in batches]
+            for number, (batch, future) in enumerate(zip(batches, futures, strict=True), start=1):
+                ids = [item_id for item_id, _ in batch]
+                try:
+                    reply = future.result()
+                except ModelError as exc:
+                    log.warning("distillation failed; %d items stay pending: %s", len(ids), exc)
+                    outcome.error = str(exc)
+                    outcome.failed_ids.extend(ids)
+                else:
+                    self._apply(outcome.guidelines, reply.data["guidelines"], ids)
+                    outcome.distilled_ids.extend(ids)
+                if progress:
+                    progress(number, len(batches), f"distilled batch {number} of {len(batches)}")
         if len(outcome.guidelines) > self.cap:
             outcome.guidelines = self.consolidate(spec, outcome.guidelines, outcome)
         return outcome

@@ -149,6 +149,7 @@ class JudgeService:
             cap=mem.guideline_cap,
             batch_size=mem.distill_batch_size,
             batch_chars=mem.distill_batch_chars,
+            concurrency=mem.distill_concurrency,
         )
 
     def _row(self, name: str) -> JudgeRow:

@@ -307,6 +307,8 @@ class LiteLLMClient:
         self.timeout_s = timeout_s
         self.temperature = temperature
         self._retrier = _Retrier(max_retries, retry_backoff_s)
+        self._first_calls_done: set[str] = set()
+        self._first_call_lock = threading.Lock()
 
     @property
     def calls(self) -> int:
@@ -345,9 +347,7 @@ class LiteLLMClient:
         problem = ""
         for _ in range(2):
             request = functools.partial(litellm.completion, model=model, messages=request_messages, **options)
-            response, tries = self._retrier.send(
-                request, model=model, api_base=self.api_base, what="completion request"
-            )
+            response, tries = self._send_first_alone(model, request)
             attempts += tries
             used_prompt, used_completion = _usage(response)
             prompt_tokens.append(used_prompt)
@@ -377,6 +377,23 @@ class LiteLLMClient:
             "Try again, or choose a model that supports JSON-schema structured output "
             "(MEMALIGN_MODEL, or the judge's model)."
         )
+
+    def _send_first_alone(self, model: str, request: Callable[[], Any]) -> tuple[Any, int]:
+        """Send a request; the first one for a model goes alone.
+
+        litellm caches its HTTP client per model and endpoint. Concurrent first calls each make one and all but
+        the last cached are dropped with their connections open, so the first call is made before any other.
+        """
+        send = functools.partial(
+            self._retrier.send, request, model=model, api_base=self.api_base, what="completion request"
+        )
+        if model in self._first_calls_done:
+            return send()
+        with self._first_call_lock:
+            try:
+                return send()
+            finally:
+                self._first_calls_done.add(model)
 
 
 class LiteLLMEmbedder:

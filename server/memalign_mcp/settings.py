@@ -99,6 +99,9 @@ class MemorySettings(_Section):
     distill_batch_chars: int = Field(
         default=60_000, ge=1_000, description="Context budget of one distillation."
     )
+    distill_concurrency: int = Field(
+        default=4, ge=1, le=32, description="Distillation calls in flight at once."
+    )
     max_field_chars: int = Field(
         default=20_000, ge=100, description="Longest accepted inputs/outputs/rationale."
     )
