@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import EngineFactory
 from memalign_mcp.models import JudgeSpec
@@ -28,7 +29,11 @@ def _items(start: int, count: int, prefix: str = "n") -> list[dict[str, object]]
     ]
 
 
-def test_snapshot_search_finds_what_lancedb_finds(engines: EngineFactory) -> None:
+@pytest.mark.parametrize("rows_in_memory", [20_000, 0], ids=["rows-held", "rows-read-from-store"])
+def test_snapshot_search_finds_what_lancedb_finds(
+    engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, rows_in_memory: int
+) -> None:
+    monkeypatch.setattr("memalign_mcp.judge._ROWS_IN_MEMORY", rows_in_memory)
     engine = engines.open(with_model=False)
     engine.create_judge(SPEC)
     engine.add_feedback(JUDGE, _items(0, 300))
@@ -45,6 +50,7 @@ def test_snapshot_search_finds_what_lancedb_finds(engines: EngineFactory) -> Non
                 [n.similarity for n in ours], [n.similarity for n in theirs], atol=1e-5
             )
             assert not exclude & {n.row.item_id for n in ours}
+            assert [n.row.body["rationale"] for n in ours] == [n.row.body["rationale"] for n in theirs]
 
 
 def test_feedback_changed_by_another_process_is_seen_by_the_next_score(engines: EngineFactory) -> None:

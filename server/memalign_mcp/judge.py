@@ -74,6 +74,10 @@ def example_of(row: MemoryRow) -> ExampleView:
     )
 
 
+# Judges with at most this many feedback items keep whole rows in their snapshot (a few KB each).
+_ROWS_IN_MEMORY = 20_000
+
+
 class VectorSnapshot:
     """Every feedback vector of one judge at one memory version, for exact cosine search in memory.
 
@@ -82,9 +86,13 @@ class VectorSnapshot:
     per dimension per item in memory (154 MB for 100k items of 384 dimensions).
     """
 
-    def __init__(self, item_ids: Sequence[str], vectors: Matrix) -> None:
+    def __init__(
+        self, item_ids: Sequence[str], vectors: Matrix, rows: dict[str, MemoryRow] | None = None
+    ) -> None:
         self.item_ids = list(item_ids)
         self.vectors = vectors
+        # Whole rows for judges small enough to hold: the k neighbours then cost no read of the store.
+        self.rows = rows
         # Norms apart rather than a normalised copy: one matrix in memory, not two.
         self.inverse_norms = 1.0 / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
 
@@ -230,11 +238,21 @@ class JudgeService:
         key = (row.memory_version, row.created_at)
         cached = self._snapshots.get(row.name)
         if cached is None or cached[0] != key:
-            cached = (key, VectorSnapshot(*self.store.feedback_vectors(row.name)))
+            cached = (key, self._snapshot(row.name))
             self._snapshots[row.name] = cached
-        best = cached[1].top(vector, k, exclude)
-        rows = self.store.get(row.name, "feedback", [item_id for item_id, _ in best])
+        snapshot = cached[1]
+        best = snapshot.top(vector, k, exclude)
+        rows = snapshot.rows
+        if rows is None:
+            rows = self.store.get(row.name, "feedback", [item_id for item_id, _ in best])
         return [Neighbour(rows[i], similarity) for i, similarity in best if i in rows]
+
+    def _snapshot(self, name: str) -> VectorSnapshot:
+        if self.store.count(name, "feedback") > _ROWS_IN_MEMORY:
+            return VectorSnapshot(*self.store.feedback_vectors(name))
+        rows = self.store.rows(name, "feedback")
+        matrix = np.stack([r.vector for r in rows]) if rows else np.zeros((0, self.store.dim), np.float32)
+        return VectorSnapshot([r.item_id for r in rows], matrix, {r.item_id: r for r in rows})
 
     def list_guidelines(self, name: str) -> GuidelineList:
         """A judge's semantic memory with each guideline's sources."""
