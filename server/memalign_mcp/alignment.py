@@ -123,12 +123,12 @@ class MemAlignService(JudgeService):
             if fresh:
                 self._store_items(name, fresh, hashes)
                 self.store.bump_version(name)
-            outcome, note = self._distill_pending(name, spec, progress)
-            guideline_changes = [g for g in outcome.guidelines if g.changed] if outcome else []
-            stored_ids = self._stored_guideline_ids(name)
-            added = [g for g in guideline_changes if g.id not in stored_ids]
-            dropped = self._persist(name, outcome) if outcome else []
-            version = self.store.bump_version(name) if (guideline_changes or dropped) else None
+            # Read once: the working set for distillation and the baseline for what was added or dropped.
+            before = self.store.rows(name, "guideline")
+            outcome, note = self._distill_pending(name, spec, before, progress)
+            added, dropped = self._persist(name, outcome, before) if outcome else ([], [])
+            changed = outcome is not None and any(g.changed for g in outcome.guidelines)
+            version = self.store.bump_version(name) if (changed or dropped) else None
             pending = [r.item_id for r in self.store.rows(name, "feedback", pending=True)]
         if version is None:
             _, version = self.spec_and_version(name)
@@ -136,9 +136,7 @@ class MemAlignService(JudgeService):
             judge=name,
             judge_version=version,
             feedback_ids=ids,
-            guidelines_added=[
-                Guideline(id=g.id, text=g.text, source_feedback_ids=sorted(g.sources)) for g in added
-            ],
+            guidelines_added=added,
             guidelines_removed=removed + dropped,
             pending_ids=pending,
             unchanged_ids=unchanged,
@@ -148,9 +146,10 @@ class MemAlignService(JudgeService):
 
     def _store_items(self, name: str, items: Sequence[FeedbackInput], hashes: dict[str | None, str]) -> None:
         fields = self.settings.embedding.embed_fields
-        vectors = self.embedder.embed([text_for_embedding(i.inputs, i.outputs, fields) for i in items])
+        texts = [text_for_embedding(i.inputs, i.outputs, fields) for i in items]
+        vectors = self.embedder.embed(texts)
         rows: list[MemoryRow] = []
-        for item, vector in zip(items, vectors, strict=True):
+        for item, text, vector in zip(items, texts, vectors, strict=True):
             assert item.id is not None
             body = {
                 "inputs": item.inputs,
@@ -166,7 +165,7 @@ class MemAlignService(JudgeService):
                     kind="feedback",
                     item_id=item.id,
                     vector=vector,
-                    text=text_for_embedding(item.inputs, item.outputs, fields),
+                    text=text,
                     body=body,
                     content_hash=hashes[item.id],
                     pending=True,
@@ -174,17 +173,8 @@ class MemAlignService(JudgeService):
             )
         self.store.upsert(rows)
 
-    def _stored_guideline_ids(self, name: str) -> set[str]:
-        return {r.item_id for r in self.store.rows(name, "guideline")}
-
-    def _working_set(self, name: str) -> list[WorkingGuideline]:
-        return [
-            WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector)
-            for r in self.store.rows(name, "guideline")
-        ]
-
     def _distill_pending(
-        self, name: str, spec: JudgeSpec, progress: Progress | None
+        self, name: str, spec: JudgeSpec, guidelines: Sequence[MemoryRow], progress: Progress | None
     ) -> tuple[DistillOutcome | None, str | None]:
         pending = self.store.rows(name, "feedback", pending=True)
         if not pending:
@@ -196,9 +186,8 @@ class MemAlignService(JudgeService):
                 "used as worked examples, and stays pending until a model is set (MEMALIGN_REFLECTION_MODEL or "
                 "MEMALIGN_MODEL) and add_feedback is called again."
             )
-        outcome = reflector.distill(
-            spec, self._working_set(name), [(r.item_id, _view(r)) for r in pending], progress
-        )
+        working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in guidelines]
+        outcome = reflector.distill(spec, working, [(r.item_id, _view(r)) for r in pending], progress)
         note = None
         if outcome.error:
             note = (
@@ -207,10 +196,18 @@ class MemAlignService(JudgeService):
             )
         return outcome, note
 
-    def _persist(self, name: str, outcome: DistillOutcome) -> list[Guideline]:
-        before = {r.item_id: r for r in self.store.rows(name, "guideline")}
+    def _persist(
+        self, name: str, outcome: DistillOutcome, before: Sequence[MemoryRow]
+    ) -> tuple[list[Guideline], list[Guideline]]:
+        """Store what distillation changed; return the guidelines added and those dropped."""
+        stored = {r.item_id for r in before}
         keep = {g.id for g in outcome.guidelines}
-        dropped = [guideline_of(r) for i, r in before.items() if i not in keep]
+        dropped = [guideline_of(r) for r in before if r.item_id not in keep]
+        added = [
+            Guideline(id=g.id, text=g.text, source_feedback_ids=sorted(g.sources))
+            for g in outcome.guidelines
+            if g.changed and g.id not in stored
+        ]
         rows = [
             MemoryRow(
                 judge=name,
@@ -228,7 +225,7 @@ class MemAlignService(JudgeService):
         self.store.upsert(rows)
         self.store.delete(name, "guideline", [g.id for g in dropped])
         self.store.set_pending(name, outcome.distilled_ids, False)
-        return dropped
+        return added, dropped
 
     # --- remove -------------------------------------------------------------------------------------------
 
