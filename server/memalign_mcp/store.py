@@ -165,6 +165,9 @@ class MemoryStore:
 
     def insert_judge(self, name: str, spec_json: str) -> JudgeRow:
         """Store a new judge at memory version 0; keep the existing row if the name is taken."""
+        existing = self.judge_row(name)
+        if existing is not None:
+            return existing  # no commit: every start re-creates the shipped judges
         row = {"name": name, "spec": spec_json, "memory_version": 0, "created_at": datetime.now(UTC)}
         with self._write_lock:
             self._judges.merge_insert("name").when_not_matched_insert_all().execute(
