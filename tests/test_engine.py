@@ -16,11 +16,11 @@ from memalign_mcp.errors import (
     InvalidInputError,
     JudgeExistsError,
     ModelError,
+    PurgedContentError,
     UnknownJudgeError,
 )
 from memalign_mcp.llm import LiteLLMEmbedder
 from memalign_mcp.models import JudgeSpec
-from memalign_mcp.records import MemoryRow
 from memalign_mcp.seed_scenario import ALIGNMENT, HELD_OUT, JUDGE, SOURCE
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
 from support_desk_model import DIRECT, EMPATHY, POLITE, support_desk
@@ -140,12 +140,15 @@ def test_purge_rewrites_a_large_fragment_with_one_deletion(engines: EngineFactor
     engine = engines.open(with_model=False)
     items = [{**ALIGNMENT[0], "id": f"n-{n}", "inputs": f"Question number {n}"} for n in range(600)]
     items[300]["outputs"] = "UNIQUE-MARKER-42 is the answer"
-    engine.add_feedback(JUDGE, items)  # one write: one fragment of 600 rows
+    added = engine.add_feedback(JUDGE, items)  # one write: one fragment of 600 rows
     engine.remove_feedback(JUDGE, ["n-300"])
-    assert engine.store.residue()[1] == 1  # without purge the deleted row is still inside the data file
+    # Without purge the removed item is history: the older version still holds it and can be restored.
+    assert "n-300" in engine.state_at(JUDGE, added.judge_version).feedback
     engine.remove_feedback(JUDGE, ["n-300"], purge=True)
-    # optimize() alone keeps that fragment (one deletion in 600 rows) and its bytes; purge must rewrite it.
+    # A delete alone only marks the row in a deletion vector; purge must rewrite the 600-row fragment.
     assert engine.store.residue() == (1, 0)
+    with pytest.raises(PurgedContentError, match="n-300"):
+        engine.state_at(JUDGE, added.judge_version)
     assert engine.list_feedback(JUDGE, limit=500, offset=500).total == 599
 
 
@@ -398,15 +401,12 @@ def test_a_store_refuses_vectors_of_another_embedding_model(engines: EngineFacto
 
 
 def test_many_small_writes_are_compacted_by_housekeeping(engines: EngineFactory) -> None:
-    store = engines.open(with_model=False).store
-    vectors = HashingEmbedder().embed([f"item {n}" for n in range(120)])
-    for n, vector in enumerate(vectors):
-        store.upsert(
-            [MemoryRow(judge=JUDGE, kind="feedback", item_id=f"i{n}", vector=vector, text=f"item {n}")]
-        )
-    # One fragment per write would be 120; housekeeping compacted them on the 100th write.
-    assert store.fragments() < 30
-    assert store.count(JUDGE, "feedback") == 120
+    engine = engines.open(with_model=False)
+    for n in range(120):
+        engine.add_feedback(JUDGE, [{**ALIGNMENT[0], "id": f"i{n}", "inputs": f"item {n}"}])
+    # One fragment per commit would be 120 or more; housekeeping compacted them on the 100th write.
+    assert engine.store.fragments() < 30
+    assert engine.list_feedback(JUDGE).total == 120
 
 
 def test_distillation_batches_run_concurrently_and_a_failed_batch_leaves_only_its_items_pending(

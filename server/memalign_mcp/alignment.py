@@ -1,9 +1,10 @@
 """Alignment and unalignment: adding feedback to a judge's memory and removing it so that none of it remains.
 
-Order matters for "nothing acknowledged is ever lost": feedback is validated whole, then stored (pending), and
-only then distilled; a distillation that fails leaves the items stored and pending, and the next add retries them.
-Removal deletes the items and every guideline that cites them before anything is re-derived, so that a failure
-half-way cannot leave a guideline shaped by removed feedback.
+Each public call is one or two memory transactions (transaction.py): everything is computed from one state, off
+to the side, and committed at once; a failure at any step before the commit leaves the judge as it was.
+Adding feedback is two transactions so that nothing acknowledged waits on a model: the items are committed
+(pending) first, then distilled in a second transaction; if distillation fails or collides with other writers,
+the items stay pending and `distill_pending` (or the next add) completes them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from memalign_mcp.distill import DistillOutcome, WorkingGuideline
+from memalign_mcp.distill import DistillOutcome, WorkingGuideline, new_guideline_id
 from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError, ModelError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
-from memalign_mcp.judge import JudgeService, guideline_of
+from memalign_mcp.history import HistoryService
+from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
     AddFeedbackResult,
     FeedbackInput,
@@ -28,9 +30,11 @@ from memalign_mcp.models import (
     RemoveFeedbackResult,
 )
 from memalign_mcp.prompts import FeedbackView
-from memalign_mcp.records import MemoryRow
+from memalign_mcp.records import MemoryRow, Summary, Vector
+from memalign_mcp.transaction import Change, ConflictError, MemoryState
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}\Z")
 
 
 def content_hash(item: FeedbackInput) -> str:
@@ -50,8 +54,31 @@ def _view(row: MemoryRow) -> FeedbackView:
     )
 
 
-class MemAlignService(JudgeService):
-    """The full engine: JudgeService plus add_feedback, remove_feedback and evaluate."""
+def _body(item: FeedbackInput) -> dict[str, Any]:
+    return {
+        "inputs": item.inputs,
+        "outputs": item.outputs,
+        "expectations": item.expectations,
+        "value": item.value,
+        "rationale": item.rationale,
+        "source": item.source,
+    }
+
+
+class _Forgetting:
+    """What forgetting some feedback does to the guidelines: computed off to the side, stored by a Change."""
+
+    def __init__(self) -> None:
+        self.rows: list[MemoryRow] = []
+        self.dropped: list[Guideline] = []
+        self.revised: list[Guideline] = []
+        self.added: list[Guideline] = []
+        self.pending: list[str] = []
+        self.drop_ids: list[str] = []
+
+
+class MemAlignService(HistoryService):
+    """The full engine: judges, scoring and history, plus add_feedback, remove_feedback and evaluate."""
 
     def evaluate(
         self,
@@ -73,7 +100,7 @@ class MemAlignService(JudgeService):
         if len(items) > limit:
             raise InvalidInputError("feedback", f"{len(items)} items", f"at most {limit} items per call")
         out: list[FeedbackInput] = []
-        seen: set[str] = set()
+        seen: dict[str, tuple[int, str, str | None]] = {}
         for i, raw in enumerate(items):
             item = raw if isinstance(raw, FeedbackInput) else FeedbackInput.model_validate(raw)
             where = f"feedback[{i}]"
@@ -91,123 +118,202 @@ class MemAlignService(JudgeService):
                     f"{where}.id", item.id, "1-128 characters: letters, digits and _ . : @ / - (not first)"
                 )
             item = item.model_copy(update={"value": value})
+            given_id = item.id is not None
             if item.id is None:
                 item = item.model_copy(update={"id": "fb-" + content_hash(item)[:16]})
             assert item.id is not None
+            digest = content_hash(item)
             if item.id in seen:
-                raise InvalidInputError(f"{where}.id", item.id, "an id not used twice in one call")
-            seen.add(item.id)
+                first, first_digest, first_source = seen[item.id]
+                if first_digest == digest and first_source == item.source:
+                    continue  # the same item twice in one call: taken once
+                what = f"the id {item.id!r}" if given_id else "the same content (and so the same made-up id)"
+                raise InvalidInputError(
+                    f"{where}",
+                    f"an item with {what} as feedback[{first}]",
+                    f"each id once per call; feedback[{first}] and {where} differ, so send only the right one",
+                )
+            seen[item.id] = (i, digest, item.source)
             out.append(item)
         return out
 
     # --- add ----------------------------------------------------------------------------------------------
 
     def add_feedback(
-        self, name: str, items: Sequence[FeedbackInput | dict[str, Any]], progress: Progress | None = None
+        self,
+        name: str,
+        items: Sequence[FeedbackInput | dict[str, Any]],
+        progress: Progress | None = None,
+        *,
+        who: str | None = None,
     ) -> AddFeedbackResult:
         """Store human feedback (episodic memory) and distil guidelines from it (semantic memory)."""
         spec, _ = self.spec_and_version(name)
         checked = self._validated(spec, items)
         ids = [i.id for i in checked if i.id is not None]
-        removed: list[Guideline] = []
-        with self.lock(name):
-            existing = self.store.get(name, "feedback", ids)
-            hashes = {i.id: content_hash(i) for i in checked}
+        hashes = {i.id: content_hash(i) for i in checked}
+        sources = sorted({i.source for i in checked if i.source})
+        who = who or (", ".join(sources)[:200] if sources else None)
+        fields = self.settings.embedding.embed_fields
+        vectors: dict[str, Vector] = {}  # embedded once, even when the change is prepared again
+        outcome: dict[str, Any] = {}
+
+        def prepare(state: MemoryState) -> Change:
+            spec_now = JudgeSpec.model_validate_json(state.spec_json)
+            for n, item in enumerate(checked):
+                spec_now.check_value(item.value, f"feedback[{n}].value")
+            existing = self.ledger.whole_rows(state, [i for i in ids if i in state.feedback])
             unchanged = [i for i in ids if i in existing and existing[i].content_hash == hashes[i]]
             replaced = [i for i in ids if i in existing and existing[i].content_hash != hashes[i]]
-            fresh = [i for i in checked if i.id not in unchanged]
-            if replaced:
-                # A correction replaces the old item and every influence it had.
-                forgotten = self._forget(name, spec, replaced)
-                removed = forgotten.guidelines_removed
-            if fresh:
-                self._store_items(name, fresh, hashes)
-                self.store.bump_version(name)
-            # Read once: the working set for distillation and the baseline for what was added or dropped.
-            before = self.store.rows(name, "guideline")
-            outcome, note = self._distill_pending(name, spec, before, progress)
-            added, dropped = self._persist(name, outcome, before) if outcome else ([], [])
-            changed = outcome is not None and any(g.changed for g in outcome.guidelines)
-            version = self.store.bump_version(name) if (changed or dropped) else None
-            pending = [r.item_id for r in self.store.rows(name, "feedback", pending=True)]
-        if version is None:
-            _, version = self.spec_and_version(name)
-        return AddFeedbackResult(
-            judge=name,
-            judge_version=version,
-            feedback_ids=ids,
-            guidelines_added=added,
-            guidelines_removed=removed + dropped,
-            pending_ids=pending,
-            unchanged_ids=unchanged,
-            replaced_ids=replaced,
-            note=note,
-        )
-
-    def _store_items(self, name: str, items: Sequence[FeedbackInput], hashes: dict[str | None, str]) -> None:
-        fields = self.settings.embedding.embed_fields
-        texts = [text_for_embedding(i.inputs, i.outputs, fields) for i in items]
-        vectors = self.embedder.embed(texts)
-        rows: list[MemoryRow] = []
-        for item, text, vector in zip(items, texts, vectors, strict=True):
-            assert item.id is not None
-            body = {
-                "inputs": item.inputs,
-                "outputs": item.outputs,
-                "expectations": item.expectations,
-                "value": item.value,
-                "rationale": item.rationale,
-                "source": item.source,
+            fresh = [i for i in checked if i.id not in existing or i.id in replaced]
+            # A re-send that changes only the source updates provenance and is not distilled again.
+            relabelled = [
+                i for i in checked if i.id in unchanged and existing[i.id].body.get("source") != i.source
+            ]
+            texts = {
+                str(i.id): text_for_embedding(i.inputs, i.outputs, fields)
+                for i in fresh
+                if i.id not in vectors
             }
-            rows.append(
+            if texts:
+                vectors.update(zip(texts, self.embedder.embed(list(texts.values())), strict=True))
+            forgetting = self._forgetting(state, replaced) if replaced else _Forgetting()
+            rows = [self._feedback_row(name, i, hashes, vectors) for i in fresh]
+            rows += [
                 MemoryRow(
                     judge=name,
                     kind="feedback",
-                    item_id=item.id,
-                    vector=vector,
-                    text=text,
-                    body=body,
-                    content_hash=hashes[item.id],
-                    pending=True,
+                    item_id=r.item_id,
+                    vector=r.vector,
+                    text=r.text,
+                    body=r.body | {"source": i.source},
+                    content_hash=r.content_hash,
+                    pending=r.item_id in state.pending,
+                    created_at=r.created_at,
                 )
+                for i in relabelled
+                for r in [existing[str(i.id)]]
+            ]
+            outcome.update(unchanged=unchanged, replaced=replaced, forgetting=forgetting)
+            return Change(
+                op="add",
+                rows=rows + forgetting.rows,
+                drops={"guideline": forgetting.drop_ids},
+                pending_on=forgetting.pending,
+                reads={("feedback", i) for i in ids},
+                reads_all_guidelines=bool(replaced),
+                summary=Summary(
+                    feedback_added=tuple(str(i.id) for i in fresh if i.id not in replaced),
+                    feedback_replaced=tuple(replaced),
+                    guidelines_removed=tuple(g.id for g in forgetting.dropped),
+                    guidelines_revised=tuple(g.id for g in forgetting.revised),
+                    guidelines_added=tuple(g.id for g in forgetting.added),
+                ),
             )
-        self.store.upsert(rows)
 
-    def _distill_pending(
-        self, name: str, spec: JudgeSpec, guidelines: Sequence[MemoryRow], progress: Progress | None
-    ) -> tuple[DistillOutcome | None, str | None]:
-        pending = self.store.rows(name, "feedback", pending=True)
-        if not pending:
-            return None, None
+        stored, _ = self.ledger.change(name, prepare, who=who)
+        forgetting: _Forgetting = outcome["forgetting"]
+        distilled = self._distill(name, progress, who=who)
+        last = distilled.commit_version or (stored.version if stored is not None else None)
+        return AddFeedbackResult(
+            judge=name,
+            judge_version=last if last is not None else self.state(name).version,
+            feedback_ids=ids,
+            guidelines_added=forgetting.added + distilled.added,
+            guidelines_removed=forgetting.dropped + distilled.dropped,
+            pending_ids=distilled.pending,
+            unchanged_ids=outcome["unchanged"],
+            replaced_ids=outcome["replaced"],
+            note=distilled.note,
+        )
+
+    def _feedback_row(
+        self, name: str, item: FeedbackInput, hashes: dict[str | None, str], vectors: dict[str, Vector]
+    ) -> MemoryRow:
+        assert item.id is not None
+        fields = self.settings.embedding.embed_fields
+        return MemoryRow(
+            judge=name,
+            kind="feedback",
+            item_id=item.id,
+            vector=vectors[item.id],
+            text=text_for_embedding(item.inputs, item.outputs, fields),
+            body=_body(item),
+            content_hash=hashes[item.id],
+            pending=True,
+        )
+
+    def distill_pending(
+        self, name: str, progress: Progress | None = None, *, who: str | None = None
+    ) -> AddFeedbackResult:
+        """Distil a judge's pending feedback now (after a model was configured, or a failed distillation)."""
+        before = sorted(self.state(name).pending)
+        done = self._distill(name, progress, who=who)
+        return AddFeedbackResult(
+            judge=name,
+            judge_version=done.commit_version or self.state(name).version,
+            feedback_ids=before,
+            guidelines_added=done.added,
+            guidelines_removed=done.dropped,
+            pending_ids=done.pending,
+            note=done.note or (None if before else "Nothing was pending."),
+        )
+
+    def _distill(self, name: str, progress: Progress | None, *, who: str | None) -> _Distilled:
+        """Distil the pending feedback in one transaction; on failure the items simply stay pending."""
+        result = _Distilled()
         reflector = self.reflector()
-        if reflector is None:
-            return None, (
-                "No reflection model is configured, so no guidelines were distilled: the feedback is stored and "
-                "used as worked examples, and stays pending until a model is set (MEMALIGN_REFLECTION_MODEL or "
-                "MEMALIGN_MODEL) and add_feedback is called again."
-            )
-        working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in guidelines]
-        outcome = reflector.distill(spec, working, [(r.item_id, _view(r)) for r in pending], progress)
-        note = None
-        if outcome.error:
-            note = (
-                f"Distillation failed for {len(outcome.failed_ids)} item(s); they are stored and pending, and the "
-                f"next add_feedback retries them. Cause: {outcome.error}"
-            )
-        return outcome, note
 
-    def _persist(
-        self, name: str, outcome: DistillOutcome, before: Sequence[MemoryRow]
-    ) -> tuple[list[Guideline], list[Guideline]]:
-        """Store what distillation changed; return the guidelines added and those dropped."""
+        def prepare(state: MemoryState) -> Change | None:
+            pending = [r for r in state.feedback_rows() if r.item_id in state.pending]
+            if not pending:
+                return None
+            if reflector is None:
+                result.note = (
+                    "No reflection model is configured, so no guidelines were distilled: the feedback is stored "
+                    "and used as worked examples, and stays pending until a model is set "
+                    "(MEMALIGN_REFLECTION_MODEL or MEMALIGN_MODEL) and distill_pending is called."
+                )
+                return None
+            whole = self.ledger.whole_rows(state, [r.item_id for r in pending])
+            before = state.guideline_rows()
+            working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in before]
+            spec = JudgeSpec.model_validate_json(state.spec_json)
+            outcome = reflector.distill(spec, working, [(i, _view(r)) for i, r in whole.items()], progress)
+            result.note = _failure_note(outcome)
+            if not outcome.distilled_ids:
+                return None
+            return self._distilled_change(name, outcome, before, result)
+
+        try:
+            commit, _ = self.ledger.change(name, prepare, who=who)
+        except ConflictError as exc:
+            result.added, result.dropped = [], []
+            result.note = (
+                f"{exc} The feedback is stored and stays pending; call distill_pending to finish it."
+            )
+            commit = None
+        if commit is not None:
+            result.commit_version = commit.version
+        else:
+            result.added, result.dropped = [], []
+        result.pending = sorted(self.state(name).pending)
+        return result
+
+    @staticmethod
+    def _distilled_change(
+        name: str, outcome: DistillOutcome, before: Sequence[MemoryRow], result: _Distilled
+    ) -> Change:
         stored = {r.item_id for r in before}
         keep = {g.id for g in outcome.guidelines}
         dropped = [guideline_of(r) for r in before if r.item_id not in keep]
-        added = [
+        changed = [g for g in outcome.guidelines if g.changed]
+        result.added = [
             Guideline(id=g.id, text=g.text, source_feedback_ids=sorted(g.sources))
-            for g in outcome.guidelines
-            if g.changed and g.id not in stored
+            for g in changed
+            if g.id not in stored
         ]
+        result.dropped = dropped
         rows = [
             MemoryRow(
                 judge=name,
@@ -217,20 +323,26 @@ class MemAlignService(JudgeService):
                 text=g.text,
                 sources=tuple(sorted(g.sources)),
             )
-            for g in outcome.guidelines
-            if g.changed
+            for g in changed
         ]
-        # New guidelines first, then drop replaced ones, then clear pending: a crash in between leaves items
-        # pending (redistilled later), never distilled-but-lost.
-        self.store.upsert(rows)
-        self.store.delete(name, "guideline", [g.id for g in dropped])
-        self.store.set_pending(name, outcome.distilled_ids, False)
-        return added, dropped
+        return Change(
+            op="distill",
+            rows=rows,
+            drops={"guideline": [g.id for g in dropped]},
+            pending_off=list(outcome.distilled_ids),
+            reads={("feedback", i) for i in outcome.distilled_ids},
+            reads_all_guidelines=True,
+            summary=Summary(
+                guidelines_added=tuple(g.id for g in result.added),
+                guidelines_removed=tuple(g.id for g in dropped),
+                guidelines_revised=tuple(g.id for g in changed if g.id in stored),
+            ),
+        )
 
     # --- remove -------------------------------------------------------------------------------------------
 
     def remove_feedback(
-        self, name: str, feedback_ids: Sequence[str], purge: bool = False
+        self, name: str, feedback_ids: Sequence[str], purge: bool = False, *, who: str | None = None
     ) -> RemoveFeedbackResult:
         """Forget feedback: the items, every guideline built only on them, and re-derive the rest."""
         if isinstance(feedback_ids, str) or not feedback_ids:
@@ -238,67 +350,134 @@ class MemAlignService(JudgeService):
         for i, fid in enumerate(feedback_ids):
             if not isinstance(fid, str) or not fid:  # pyright: ignore[reportUnnecessaryIsInstance]
                 raise InvalidInputError(f"feedback_ids[{i}]", fid, "a feedback id (see list_feedback)")
-        spec, _ = self.spec_and_version(name)
-        with self.lock(name):
-            result = self._forget(name, spec, list(dict.fromkeys(feedback_ids)))
-            if purge:
-                self.store.purge()
-                result.purged = True
-        return result
+        if not isinstance(purge, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidInputError("purge", purge, "true or false")
+        wanted = list(dict.fromkeys(feedback_ids))
+        self.state(name)
+        found: dict[str, list[str]] = {}
+        forgotten: dict[str, _Forgetting] = {}
 
-    def _forget(self, name: str, spec: JudgeSpec, ids: list[str]) -> RemoveFeedbackResult:
-        found = self.store.get(name, "feedback", ids)
-        removed = [i for i in ids if i in found]
-        not_found = [i for i in ids if i not in found]
-        gone = set(removed)
-        tainted = [g for g in self.store.rows(name, "guideline") if gone & set(g.sources)]
-        self.store.delete(name, "feedback", removed)
-        self.store.delete(name, "guideline", [g.item_id for g in tainted])
-        revised: list[Guideline] = []
-        dropped: list[Guideline] = []
-        pending: list[str] = []
-        reflector = self.reflector()
-        for g in tainted:
-            kept = sorted(set(g.sources) - gone)
-            if not kept:
-                dropped.append(guideline_of(g))
-                continue
-            rows = self.store.get(name, "feedback", kept)
-            items = [(i, _view(rows[i])) for i in kept if i in rows]
-            new = None
-            failed = reflector is None
-            if reflector is not None:
-                try:
-                    new = reflector.rederive(spec, items)
-                except ModelError:
-                    failed = True
-            if failed:
-                # Cannot re-derive now: drop the guideline, and let its remaining sources be distilled again.
-                dropped.append(guideline_of(g))
-                pending.extend(kept)
-                continue
-            if new is None:
-                dropped.append(guideline_of(g))
-                continue
-            text, sources, vector = new
-            row = MemoryRow(
-                judge=name,
-                kind="guideline",
-                item_id=g.item_id,
-                vector=vector,
-                text=text,
-                sources=tuple(sorted(sources)),
+        def prepare(state: MemoryState) -> Change | None:
+            removed = [i for i in wanted if i in state.feedback]
+            found["removed"] = removed
+            if not removed:
+                return None
+            forgetting = self._forgetting(state, removed)
+            forgotten["f"] = forgetting
+            return Change(
+                op="remove",
+                rows=forgetting.rows,
+                drops={"feedback": removed, "guideline": forgetting.drop_ids},
+                pending_on=forgetting.pending,
+                reads={("feedback", i) for i in removed},
+                reads_all_guidelines=True,
+                summary=Summary(
+                    feedback_removed=tuple(removed),
+                    guidelines_removed=tuple(g.id for g in forgetting.dropped),
+                    guidelines_revised=tuple(g.id for g in forgetting.revised),
+                    guidelines_added=tuple(g.id for g in forgetting.added),
+                    purged=tuple(removed) if purge else (),
+                ),
             )
-            self.store.upsert([row])
-            revised.append(guideline_of(row))
-        self.store.set_pending(name, pending, True)
-        version = self.store.bump_version(name) if removed else self.spec_and_version(name)[1]
+
+        commit, _ = self.ledger.change(name, prepare, who=who)
+        removed = found["removed"] if commit is not None else []
+        forgetting = forgotten.get("f", _Forgetting()) if commit is not None else _Forgetting()
+        if purge:
+            self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
         return RemoveFeedbackResult(
             judge=name,
-            judge_version=version,
+            judge_version=commit.version if commit is not None else self.state(name).version,
             removed_ids=removed,
-            not_found_ids=not_found,
-            guidelines_removed=dropped,
-            guidelines_revised=revised,
-            pending_ids=pending,
+            not_found_ids=[i for i in wanted if i not in removed],
+            guidelines_removed=forgetting.dropped,
+            guidelines_revised=forgetting.revised + forgetting.added,
+            pending_ids=forgetting.pending,
+            purged=purge,
         )
+
+    def _forgetting(self, state: MemoryState, ids: Sequence[str]) -> _Forgetting:
+        """Drop every guideline citing these items and re-derive, once per distinct set of remaining sources."""
+        out = _Forgetting()
+        gone = set(ids)
+        tainted = [g for g in state.guideline_rows() if gone & set(g.sources)]
+        untouched = [
+            WorkingGuideline(g.item_id, g.text, set(g.sources), g.vector)
+            for g in state.guideline_rows()
+            if not gone & set(g.sources)
+        ]
+        groups: dict[tuple[str, ...], list[MemoryRow]] = {}
+        for g in tainted:
+            groups.setdefault(tuple(sorted(set(g.sources) - gone)), []).append(g)
+        reflector = self.reflector()
+        spec = JudgeSpec.model_validate_json(state.spec_json)
+        reused: set[str] = set()
+        for kept, olds in groups.items():
+            if not kept:
+                continue
+            rows = self.ledger.whole_rows(state, kept)
+            items = [(i, _view(rows[i])) for i in kept if i in rows]
+            try:
+                if reflector is None:
+                    raise ModelError("no reflection model is configured")
+                proposals = reflector.rederive(spec, items, at_most=len(olds))
+            except ModelError:
+                # Cannot re-derive now: drop the guidelines, and let their remaining sources be distilled again.
+                out.pending.extend(i for i in kept if i not in out.pending)
+                continue
+            for text, sources, vector in proposals:
+                twin = reflector.nearest(untouched, vector)
+                if twin is not None:
+                    # Near-identical to a rule that stays: one rule, with the provenance of both.
+                    twin.sources |= sources
+                    twin.changed = True
+                    continue
+                old = next((o for o in olds if o.item_id not in reused), None)
+                gid = old.item_id if old is not None else new_guideline_id()
+                reused.add(gid)
+                g = WorkingGuideline(gid, text, set(sources), vector, changed=True)
+                untouched.append(g)
+                (out.revised if old is not None else out.added).append(
+                    Guideline(id=gid, text=text, source_feedback_ids=sorted(sources))
+                )
+        for g in untouched:
+            if g.changed:
+                out.rows.append(
+                    MemoryRow(
+                        judge=state.judge,
+                        kind="guideline",
+                        item_id=g.id,
+                        vector=g.vector,
+                        text=g.text,
+                        sources=tuple(sorted(g.sources)),
+                    )
+                )
+        out.dropped = [guideline_of(g) for g in tainted if g.item_id not in reused]
+        out.drop_ids = [g.id for g in out.dropped]
+        revised_ids = {g.id for g in out.revised}
+        out.revised += [
+            Guideline(id=g.id, text=g.text, source_feedback_ids=sorted(g.sources))
+            for g in untouched
+            if g.changed and g.id not in revised_ids and g.id not in {a.id for a in out.added}
+        ]
+        return out
+
+
+class _Distilled:
+    """What one distillation transaction did, for the call's result."""
+
+    def __init__(self) -> None:
+        self.added: list[Guideline] = []
+        self.dropped: list[Guideline] = []
+        self.pending: list[str] = []
+        self.note: str | None = None
+        self.commit_version: int | None = None
+
+
+def _failure_note(outcome: DistillOutcome) -> str | None:
+    if not outcome.error:
+        return None
+    return (
+        f"Distillation failed for {len(outcome.failed_ids)} item(s); they are stored and pending, and "
+        f"distill_pending (or the next add_feedback) retries them. Cause: {outcome.error}"
+    )

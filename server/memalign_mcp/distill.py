@@ -230,24 +230,37 @@ class Reflector:
             merged.append(WorkingGuideline(new_guideline_id(), text, sources, vector, changed=True))
         return merged
 
+    def nearest(self, guidelines: Sequence[WorkingGuideline], vector: Vector) -> WorkingGuideline | None:
+        """The guideline near-identical to this vector (cosine >= merge threshold), if any."""
+        return self._nearest(guidelines, vector)
+
     def rederive(
-        self, spec: JudgeSpec, items: Sequence[tuple[str, FeedbackView]]
-    ) -> tuple[str, set[str], Vector] | None:
-        """One guideline supported by these items alone, or None when they support none; ModelError on failure."""
+        self, spec: JudgeSpec, items: Sequence[tuple[str, FeedbackView]], *, at_most: int = 1
+    ) -> list[tuple[str, set[str], Vector]]:
+        """The guidelines (at most `at_most`, distinct) these items alone support; ModelError on failure.
+
+        Called once per distinct set of remaining sources: guidelines that shared those sources get one
+        prompt, and may come back as several rules, so distinct rules are not collapsed into copies of one.
+        """
         reply = self.client.complete_json(
             model=self.model,
-            messages=rederive_messages(spec, [v for _, v in items]),
+            messages=rederive_messages(spec, [v for _, v in items], at_most),
             schema_name="guidelines",
             schema=DISTILL_SCHEMA,
             check=_check_sources(len(items), "source_items"),
         )
-        proposed = [g for g in reply.data["guidelines"] if str(g.get("text", "")).strip()]
-        if not proposed:
-            return None
-        first = proposed[0]
-        text = str(first["text"]).strip()
-        sources = {items[n - 1][0] for n in first["source_items"]}
-        return text, sources, self.embedder.embed([text])[0]
+        proposed = [g for g in reply.data["guidelines"] if str(g.get("text", "")).strip()][:at_most]
+        texts = [str(g["text"]).strip() for g in proposed]
+        vectors = self.embedder.embed(texts) if texts else []
+        out: list[tuple[str, set[str], Vector]] = []
+        for g, text, vector in zip(proposed, texts, vectors, strict=True):
+            twin = next((o for o in out if float(o[2] @ vector) >= self.merge_threshold), None)
+            sources = {items[n - 1][0] for n in g["source_items"]}
+            if twin is not None:
+                twin[1].update(sources)  # near-identical rules from one reply: one rule, both provenances
+                continue
+            out.append((text, sources, vector))
+        return out
 
 
 def _check_consolidation(n: int, cap: int) -> Callable[[dict[str, Any]], None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedder
-from memalign_mcp.errors import InvalidInputError, JudgeExistsError, SettingsError
+from memalign_mcp.errors import InvalidInputError, SettingsError
 from memalign_mcp.llm import LiteLLMClient, LiteLLMEmbedder, ModelClient
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.settings import Settings
@@ -69,13 +69,10 @@ def open_engine(
     store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim)
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     for spec in read_judge_files(settings.judges_path()):
+        # Made once per store: a judge an operator deleted or updated stays as the operator left it.
         try:
-            service.create_judge(spec)
-        except JudgeExistsError:
-            # A judge created or changed at run time wins over the shipped file; say so rather than overwrite.
-            log.warning(
-                "judge %r in the store differs from its config file; keeping the stored one", spec.name
-            )
+            if service.seed_judge(spec):
+                log.info("created judge %r from its config file", spec.name)
         except InvalidInputError as exc:
             raise SettingsError(f"judge {spec.name}", spec.name, str(exc)) from exc
     return service

@@ -9,6 +9,9 @@ knows about MCP.
     ├── UnknownJudgeError      no judge of that name
     ├── JudgeExistsError       create_judge with a name taken by a different spec
     ├── FeedbackNotFoundError  a feedback id that must exist does not
+    ├── PurgedContentError     an old version asked for held content that was purged since
+    ├── ConflictError          a change kept colliding with other writers (transaction.py); nothing stored
+    ├── JudgeGoneError         the judge was deleted while a change to it was prepared (transaction.py)
     ├── ModelError             the model failed or answered out of schema after retries
     ├── EmbeddingMismatchError the store was built with another embedding model
     └── SettingsError          a bad setting at start (names the key, the value, what was expected)
@@ -69,6 +72,18 @@ class JudgeExistsError(MemAlignError):
 
 class FeedbackNotFoundError(MemAlignError, LookupError):
     """A feedback id that must exist does not."""
+
+
+class PurgedContentError(MemAlignError, LookupError):
+    """An older memory version was asked for, but content it held has been purged since."""
+
+    def __init__(self, name: str, version: int, items: list[str]) -> None:
+        self.items = items
+        shown = ", ".join(items[:20]) + (f" and {len(items) - 20} more" if len(items) > 20 else "")
+        super().__init__(
+            f"Version {version} of judge {name!r} held content that was purged since ({shown}); purged stays "
+            "purged, so that version can no longer be used or restored. Call judge_history to pick another."
+        )
 
 
 class ModelError(MemAlignError):

@@ -8,17 +8,21 @@ the judge's memory version. Bad input raises InvalidInputError before anything i
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from memalign_mcp.distill import Reflector
 from memalign_mcp.embeddings import Embedder, text_for_embedding
-from memalign_mcp.errors import InvalidInputError, JudgeExistsError, MemAlignError, UnknownJudgeError
+from memalign_mcp.errors import (
+    InvalidInputError,
+    JudgeExistsError,
+    MemAlignError,
+    PurgedContentError,
+    UnknownJudgeError,
+)
 from memalign_mcp.llm import ModelClient
 from memalign_mcp.models import (
     MEMORY_MODEL,
@@ -34,9 +38,10 @@ from memalign_mcp.models import (
     ScoreResult,
 )
 from memalign_mcp.prompts import ExampleView, instructions_with_guidelines, score_messages, score_schema
-from memalign_mcp.records import JudgeRow, Matrix, MemoryRow, Neighbour, Vector
+from memalign_mcp.records import Matrix, MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
+from memalign_mcp.transaction import Ledger, MemoryState
 from memalign_mcp.vote import memory_verdict
 
 
@@ -45,7 +50,7 @@ def guideline_of(row: MemoryRow) -> Guideline:
     return Guideline(id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources))
 
 
-def feedback_of(row: MemoryRow) -> FeedbackRecord:
+def feedback_of(row: MemoryRow, *, pending: bool) -> FeedbackRecord:
     """The public view of a stored feedback row."""
     body = row.body
     return FeedbackRecord(
@@ -57,7 +62,7 @@ def feedback_of(row: MemoryRow) -> FeedbackRecord:
         rationale=body["rationale"],
         source=body.get("source"),
         created_at=row.created_at,
-        pending=row.pending,
+        pending=pending,
     )
 
 
@@ -72,10 +77,6 @@ def example_of(row: MemoryRow) -> ExampleView:
         value=body["value"],
         rationale=body["rationale"],
     )
-
-
-# Judges with at most this many feedback items keep whole rows in their snapshot (a few KB each).
-_ROWS_IN_MEMORY = 20_000
 
 
 class VectorSnapshot:
@@ -114,26 +115,22 @@ class VectorSnapshot:
 
 
 class JudgeService:
-    """Judges with two memories over one store; thread-safe, one instance per process."""
+    """Judges with two memories over one store; thread-safe, one instance per process.
+
+    Every change goes through the ledger (transaction.py); this class only reads states and scores.
+    """
 
     def __init__(
         self, settings: Settings, store: MemoryStore, embedder: Embedder, client: ModelClient | None
     ) -> None:
         self.settings = settings
         self.store = store
+        self.ledger = Ledger(store)
         self.embedder = embedder
         self.client = client
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._guidelines: dict[str, tuple[tuple[int, datetime], list[MemoryRow]]] = {}
-        self._snapshots: dict[str, tuple[tuple[int, datetime], VectorSnapshot]] = {}
+        self._snapshots: dict[str, tuple[tuple[str, int], VectorSnapshot]] = {}
 
     # --- judges -------------------------------------------------------------------------------------------
-
-    def lock(self, name: str) -> threading.Lock:
-        """The lock that serialises changes to one judge's memory within this process."""
-        with self._locks_guard:
-            return self._locks.setdefault(name, threading.Lock())
 
     def model_for(self, spec: JudgeSpec) -> str:
         """The model that scores for a judge: its own, else the server default, else the memory vote."""
@@ -160,106 +157,122 @@ class JudgeService:
             concurrency=mem.distill_concurrency,
         )
 
-    def _row(self, name: str) -> JudgeRow:
+    def state(self, name: str) -> MemoryState:
+        """A judge's memory as of its latest commit; UnknownJudgeError if there is no such judge."""
         if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("judge", name, "the name of a judge (call list_judges to see them)")
-        row = self.store.judge_row(name)
-        if row is None:
-            raise UnknownJudgeError(name, [r.name for r in self.store.judge_rows()])
-        return row
+        return self.ledger.state(name)
+
+    def state_at(self, name: str, version: int) -> MemoryState:
+        """A judge's memory as it was at an older version; PurgedContentError if purged items were in it."""
+        self.state(name)
+        if isinstance(version, bool) or not isinstance(version, int):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidInputError("version", version, "a memory version (an integer; see judge_history)")
+        state = self.ledger.state_at(name, version)
+        if state.missing:
+            raise PurgedContentError(name, version, sorted(f"{k} {i}" for k, i in state.missing))
+        return state
 
     def spec_and_version(self, name: str) -> tuple[JudgeSpec, int]:
         """A judge's spec and current memory version; UnknownJudgeError if absent."""
-        row = self._row(name)
-        return JudgeSpec.model_validate_json(row.spec_json), row.memory_version
+        state = self.state(name)
+        return JudgeSpec.model_validate_json(state.spec_json), state.version
 
-    def create_judge(self, spec: JudgeSpec) -> Judge:
+    def create_judge(self, spec: JudgeSpec, *, who: str | None = None) -> Judge:
         """Create a judge; the same spec again returns the existing judge, a different one is refused."""
         spec = spec.model_copy().validated()
         spec_json = spec.model_dump_json()
-        with self.lock(spec.name):
-            row = self.store.insert_judge(spec.name, spec_json)
-        if row.spec_json != spec_json:
-            stored = json.loads(row.spec_json)
+        if self.ledger.create(spec.name, spec_json, who=who) is None:
+            stored = json.loads(self.state(spec.name).spec_json)
             wanted = json.loads(spec_json)
             differing = [k for k in wanted if stored.get(k) != wanted[k]]
-            raise JudgeExistsError(spec.name, differing)
+            if differing:
+                raise JudgeExistsError(spec.name, differing)
         return self.get_judge(spec.name)
+
+    def seed_judge(self, spec: JudgeSpec) -> bool:
+        """Create a shipped judge unless its name was ever used in this store; True if it was made now.
+
+        Shipped judges are made once per store: one an operator deleted stays deleted across restarts.
+        """
+        spec = spec.model_copy().validated()
+        return (
+            self.ledger.create(spec.name, spec.model_dump_json(), who="config", only_if_new_name=True)
+            is not None
+        )
 
     def get_judge(self, name: str) -> Judge:
         """One judge with the state of its memory."""
-        return self._judge_of(self._row(name))
+        return self._judge_of(self.state(name))
 
-    def _judge_of(self, row: JudgeRow) -> Judge:
-        spec = JudgeSpec.model_validate_json(row.spec_json)
+    def _judge_of(self, state: MemoryState) -> Judge:
+        spec = JudgeSpec.model_validate_json(state.spec_json)
         return Judge(
             **spec.model_dump(),
-            memory_version=row.memory_version,
-            feedback_count=self.store.count(row.name, "feedback"),
-            guideline_count=self.store.count(row.name, "guideline"),
-            pending_count=self.store.count(row.name, "feedback", pending=True),
+            memory_version=state.version,
+            feedback_count=len(state.feedback),
+            guideline_count=len(state.guidelines),
+            pending_count=len(state.pending),
             effective_model=self.model_for(spec),
-            created_at=row.created_at,
+            created_at=state.created_at,
         )
 
     def list_judges(self) -> JudgeList:
         """Every judge with its memory version and counts."""
-        return JudgeList(judges=[self._judge_of(r) for r in self.store.judge_rows()])
+        judges: list[Judge] = []
+        for name in self.ledger.names():
+            try:
+                judges.append(self.get_judge(name))
+            except UnknownJudgeError:
+                continue  # deleted by another process since the names were read
+        return JudgeList(judges=judges)
 
-    def delete_judge(self, name: str) -> DeleteJudgeResult:
+    def delete_judge(self, name: str, *, who: str | None = None) -> DeleteJudgeResult:
         """Delete a judge and all of its memory."""
-        self._row(name)
-        with self.lock(name):
-            n_feedback, n_guidelines = self.store.delete_judge(name)
-        self._guidelines.pop(name, None)
+        self.state(name)
+        _, state = self.ledger.delete(name, who=who)
         self._snapshots.pop(name, None)
         return DeleteJudgeResult(
-            judge=name, deleted=True, feedback_deleted=n_feedback, guidelines_deleted=n_guidelines
+            judge=name,
+            deleted=True,
+            feedback_deleted=len(state.feedback),
+            guidelines_deleted=len(state.guidelines),
         )
 
     # --- reading memory -----------------------------------------------------------------------------------
 
-    def guideline_rows(self, row: JudgeRow) -> list[MemoryRow]:
-        """A judge's guidelines at its memory version, cached so that scoring does not rescan the table."""
-        # The creation time is in the key so that a judge deleted and made again never sees the old rows.
-        key = (row.memory_version, row.created_at)
-        cached = self._guidelines.get(row.name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        rows = self.store.rows(row.name, "guideline")
-        self._guidelines[row.name] = (key, rows)
-        return rows
-
-    def nearest(self, row: JudgeRow, vector: Vector, k: int, exclude: set[str]) -> list[Neighbour]:
+    def nearest(self, state: MemoryState, vector: Vector, k: int, exclude: set[str]) -> list[Neighbour]:
         """The judge's k feedback items most similar to the vector, searched in its cached vector snapshot."""
         if k <= 0:
             return []
-        # The creation time is in the key so that a judge deleted and made again never sees the old snapshot.
-        key = (row.memory_version, row.created_at)
-        cached = self._snapshots.get(row.name)
+        # Keyed by generation and commit number: every commit changes it, and a re-made judge has a new one.
+        key = (state.gen, state.seq)
+        cached = self._snapshots.get(state.judge)
         if cached is None or cached[0] != key:
-            cached = (key, self._snapshot(row.name))
-            self._snapshots[row.name] = cached
+            cached = (key, self._snapshot(state))
+            if state is self.ledger.state(state.judge):
+                self._snapshots[state.judge] = cached  # an older version's snapshot is used once, not kept
         snapshot = cached[1]
         best = snapshot.top(vector, k, exclude)
         rows = snapshot.rows
         if rows is None:
-            rows = self.store.get(row.name, "feedback", [item_id for item_id, _ in best])
+            rows = self.ledger.whole_rows(state, [item_id for item_id, _ in best])
         return [Neighbour(rows[i], similarity) for i, similarity in best if i in rows]
 
-    def _snapshot(self, name: str) -> VectorSnapshot:
-        if self.store.count(name, "feedback") > _ROWS_IN_MEMORY:
-            return VectorSnapshot(*self.store.feedback_vectors(name))
-        rows = self.store.rows(name, "feedback")
+    def _snapshot(self, state: MemoryState) -> VectorSnapshot:
+        rows = state.feedback_rows()
         matrix = np.stack([r.vector for r in rows]) if rows else np.zeros((0, self.store.dim), np.float32)
-        return VectorSnapshot([r.item_id for r in rows], matrix, {r.item_id: r for r in rows})
+        whole = {r.item_id: r for r in rows} if state.whole else None
+        return VectorSnapshot([r.item_id for r in rows], matrix, whole)
 
     def list_guidelines(self, name: str) -> GuidelineList:
         """A judge's semantic memory with each guideline's sources."""
-        judge = self._row(name)
-        version = judge.memory_version
-        rows = self.guideline_rows(judge)
-        return GuidelineList(judge=name, judge_version=version, guidelines=[guideline_of(r) for r in rows])
+        state = self.state(name)
+        return GuidelineList(
+            judge=name,
+            judge_version=state.version,
+            guidelines=[guideline_of(r) for r in state.guideline_rows()],
+        )
 
     def list_feedback(self, name: str, limit: int = 50, offset: int = 0) -> FeedbackPage:
         """A page of a judge's episodic memory, oldest first."""
@@ -267,17 +280,20 @@ class JudgeService:
             raise InvalidInputError("limit", limit, "an integer from 1 to 500")
         if offset < 0:
             raise InvalidInputError("offset", offset, "an integer of at least 0")
-        _, version = self.spec_and_version(name)
-        total, rows = self.store.page(name, "feedback", limit=limit, offset=offset)
+        state = self.state(name)
+        chosen = [r.item_id for r in state.feedback_rows()[offset : offset + limit]]
+        rows = self.ledger.whole_rows(state, chosen)
         return FeedbackPage(
-            judge=name, judge_version=version, total=total, feedback=[feedback_of(r) for r in rows]
+            judge=name,
+            judge_version=state.version,
+            total=len(state.feedback),
+            feedback=[feedback_of(rows[i], pending=i in state.pending) for i in chosen if i in rows],
         )
 
     def judge_document(self, name: str) -> str:
         """The judge as its model sees it: spec, then instructions with the guidelines appended."""
-        judge = self._row(name)
-        spec, version = JudgeSpec.model_validate_json(judge.spec_json), judge.memory_version
-        rows = self.guideline_rows(judge)
+        state = self.state(name)
+        spec = JudgeSpec.model_validate_json(state.spec_json)
         header = {
             "name": spec.name,
             "feedback_type": spec.feedback_type,
@@ -286,13 +302,13 @@ class JudgeService:
             "max_value": spec.max_value,
             "model": self.model_for(spec),
             "retrieval_k": self.k_for(spec),
-            "memory_version": version,
+            "memory_version": state.version,
         }
         shown = {k: v for k, v in header.items() if v is not None}
         return (
             "\n".join(f"{k}: {v}" for k, v in shown.items())
             + "\n\n"
-            + instructions_with_guidelines(spec, [r.text for r in rows])
+            + instructions_with_guidelines(spec, [r.text for r in state.guideline_rows()])
         )
 
     # --- scoring ------------------------------------------------------------------------------------------
@@ -319,23 +335,27 @@ class JudgeService:
         *,
         exclude_ids: Iterable[str] = (),
         use_memory: bool = True,
+        version: int | None = None,
     ) -> ScoreResult:
-        """Judge one response with the judge's guidelines and its most similar past feedback."""
+        """Judge one response with the judge's guidelines and its most similar past feedback.
+
+        With `version`, the memory as it was at that memory version (refused where purged content was in it).
+        """
         started = time.perf_counter()
         self.check_text("inputs", inputs)
         self.check_text("outputs", outputs)
         self.check_text("expectations", expectations, required=False)
-        row = self._row(name)
-        spec, version = JudgeSpec.model_validate_json(row.spec_json), row.memory_version
+        state = self.state(name) if version is None else self.state_at(name, version)
+        spec, version = JudgeSpec.model_validate_json(state.spec_json), state.version
         excluded = set(exclude_ids)
         guidelines: list[MemoryRow] = []
         neighbours: list[Neighbour] = []
         if use_memory:
             # Leave-one-out: a guideline distilled from an excluded item would leak its verdict.
-            guidelines = [g for g in self.guideline_rows(row) if not excluded & set(g.sources)]
+            guidelines = [g for g in state.guideline_rows() if not excluded & set(g.sources)]
             text = text_for_embedding(inputs, outputs, self.settings.embedding.embed_fields)
             vector = self.embedder.embed([text])[0]
-            neighbours = self.nearest(row, vector, self.k_for(spec), excluded)
+            neighbours = self.nearest(state, vector, self.k_for(spec), excluded)
         model = self.model_for(spec)
         if model == MEMORY_MODEL:
             verdict = memory_verdict(spec, neighbours, self.settings.memory.vote_margin)

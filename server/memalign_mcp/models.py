@@ -315,3 +315,60 @@ class LabelledExample(BaseModel):
     value: Value
     expectations: JudgedText | None = None
     id: str | None = None
+
+
+class VersionSummary(BaseModel):
+    """What one memory version changed, by id only (never content)."""
+
+    feedback_added: list[str] = Field(default_factory=list[str])
+    feedback_removed: list[str] = Field(default_factory=list[str])
+    feedback_replaced: list[str] = Field(default_factory=list[str])
+    guidelines_added: list[str] = Field(default_factory=list[str])
+    guidelines_removed: list[str] = Field(default_factory=list[str])
+    guidelines_revised: list[str] = Field(default_factory=list[str])
+    purged: list[str] = Field(default_factory=list[str], description="Feedback whose content was erased.")
+
+
+class VersionRecord(BaseModel):
+    """One memory version of a judge: when, by whom, what kind of change and what it changed."""
+
+    version: int
+    created_at: datetime
+    who: str | None = Field(description="Who made the change (the feedback's source, or the caller).")
+    change: str = Field(description="create, add, distill, remove, update, rollback or purge.")
+    summary: VersionSummary
+    restored_version: int | None = Field(default=None, description="rollback: the version restored.")
+
+
+class JudgeHistory(BaseModel):
+    """A judge's memory versions, newest first."""
+
+    judge: str
+    judge_version: int
+    total: int
+    versions: list[VersionRecord]
+
+
+class JudgeDiff(BaseModel):
+    """How a judge's memory differs between two versions."""
+
+    judge: str
+    from_version: int
+    to_version: int
+    feedback_added: list[str]
+    feedback_removed: list[str]
+    feedback_changed: list[str] = Field(description="Ids present in both versions with other content.")
+    guidelines_added: list[Guideline]
+    guidelines_removed: list[Guideline]
+    guidelines_changed: list[Guideline] = Field(description="As they are at to_version.")
+
+
+class RollbackResult(BaseModel):
+    """A rollback: a new memory version whose memory equals an older one's."""
+
+    judge: str
+    judge_version: int = Field(description="The new version made by the rollback.")
+    restored_version: int
+    diff: JudgeDiff = Field(
+        description="What the rollback changed: from the version before it to the new one."
+    )

@@ -252,13 +252,16 @@ def distill_messages(spec: JudgeSpec, items: Sequence[FeedbackView], existing: S
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def rederive_messages(spec: JudgeSpec, items: Sequence[FeedbackView]) -> Messages:
-    """Ask for at most one guideline supported by these items alone (after some of its sources were removed)."""
+def rederive_messages(spec: JudgeSpec, items: Sequence[FeedbackView], at_most: int = 1) -> Messages:
+    """Ask for the guidelines these items alone support (after some of their sources were removed)."""
     fence = _fence_for(items, spec.instructions)
+    how_many = (
+        "at most ONE general guideline" if at_most == 1 else f"at most {at_most} distinct general guidelines"
+    )
     system = "\n\n".join(
         [
-            "You improve an evaluation judge by learning from human feedback on its task. Write at most ONE "
-            "general guideline that these items, taken together, support. Return an empty list if they do not "
+            f"You improve an evaluation judge by learning from human feedback on its task. Write {how_many} "
+            "that these items, taken together, support. Return an empty list if they do not "
             "support a general guideline.",
             _GUIDELINE_STYLE,
             "Cite the supporting item numbers in source_items; set `existing` to null.",

@@ -1,11 +1,16 @@
-"""The records the store reads and writes: memory rows, search neighbours and judge rows.
+"""The records the store reads and writes: memory rows, commits, search neighbours.
 
 Plain frozen dataclasses with no storage behind them, so that the engine's modules can speak of stored memory
 without importing the database.
+
+Rows are immutable versions: a change never edits a row, it writes new rows tagged with its transaction id and
+names the rows it drops in its commit. A row is visible only once the commit of its transaction exists, so rows of
+an interrupted or losing transaction ("orphans") are never read as memory.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -14,13 +19,28 @@ import numpy as np
 from numpy.typing import NDArray
 
 Kind = Literal["feedback", "guideline"]
+ItemKey = tuple[str, str]  # (kind, item id): what a change reads or writes, for conflict checks
+KINDS: tuple[Kind, Kind] = ("feedback", "guideline")
 Vector = NDArray[np.float32]
 Matrix = NDArray[np.float32]
+
+# What a commit did to the judge: create, feed, distil, remove, delete and the rest (see transaction.py).
+Op = Literal["create", "add", "distill", "remove", "delete", "update", "rollback", "guideline", "purge"]
+
+
+def row_key(txn: str, kind: str, item_id: str) -> str:
+    """The primary key of one row version: its transaction first, so a transaction's rows are one key range."""
+    return f"r:{txn}:{kind}:{item_id}"
+
+
+def commit_key(judge: str, seq: int) -> str:
+    """The primary key of a judge's commit number `seq`; two writers of the same number collide on it."""
+    return f"c:{judge}:{seq:012d}"
 
 
 @dataclass(frozen=True)
 class MemoryRow:
-    """One stored memory: a feedback item or a guideline of one judge."""
+    """One stored memory: a version of a feedback item or of a guideline of one judge."""
 
     judge: str
     kind: Kind
@@ -32,11 +52,108 @@ class MemoryRow:
     content_hash: str = ""
     pending: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    gen: str = ""
+    txn: str = ""
 
     @property
     def key(self) -> str:
-        """The table's primary key for this row."""
-        return f"{self.judge}/{self.kind}/{self.item_id}"
+        """The table's primary key for this row version."""
+        return row_key(self.txn, self.kind, self.item_id)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one commit changed, by id only (never content): the history a judge shows."""
+
+    feedback_added: tuple[str, ...] = ()
+    feedback_removed: tuple[str, ...] = ()
+    feedback_replaced: tuple[str, ...] = ()
+    guidelines_added: tuple[str, ...] = ()
+    guidelines_removed: tuple[str, ...] = ()
+    guidelines_revised: tuple[str, ...] = ()
+    purged: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """The summary as lists, for JSON."""
+        return {k: list(v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One committed change to a judge: the unit of atomicity, of history and of cache invalidation.
+
+    `seq` numbers every commit of a judge name (across deletes and re-creations) and is what two writers race
+    for; `version` is the memory version the contract shows, counted from 0 at the judge's creation; `gen` is
+    the judge's generation, new at each creation, so rows of a deleted judge never reach a new one.
+    """
+
+    judge: str
+    seq: int
+    gen: str
+    txn: str
+    version: int
+    op: Op
+    who: str | None
+    created_at: datetime
+    spec_json: str
+    puts: dict[Kind, tuple[str, ...]] = field(default_factory=dict[Kind, tuple[str, ...]])
+    drops: dict[Kind, tuple[str, ...]] = field(default_factory=dict[Kind, tuple[str, ...]])
+    pending_on: tuple[str, ...] = ()
+    pending_off: tuple[str, ...] = ()
+    summary: Summary = field(default_factory=Summary)
+    restore_of: int | None = None  # rollback: the version whose state this commit restored
+
+    @property
+    def deleted(self) -> bool:
+        """True for the commit that deleted the judge."""
+        return self.op == "delete"
+
+    def touched(self) -> set[ItemKey]:
+        """Every (kind, item id) whose state this commit changed."""
+        out: set[ItemKey] = {(k, i) for k, ids in (*self.puts.items(), *self.drops.items()) for i in ids}
+        out |= {("feedback", i) for i in (*self.pending_on, *self.pending_off)}
+        return out
+
+    def to_json(self) -> str:
+        """The commit's body as stored in its row (ids and spec only, never feedback content)."""
+        return json.dumps(
+            {
+                "gen": self.gen,
+                "version": self.version,
+                "op": self.op,
+                "who": self.who,
+                "spec": self.spec_json,
+                "puts": {k: list(v) for k, v in self.puts.items()},
+                "drops": {k: list(v) for k, v in self.drops.items()},
+                "pending_on": list(self.pending_on),
+                "pending_off": list(self.pending_off),
+                "summary": self.summary.as_dict(),
+                "restore_of": self.restore_of,
+            },
+            sort_keys=True,
+        )
+
+    @staticmethod
+    def from_json(judge: str, seq: int, txn: str, created_at: datetime, text: str) -> Commit:
+        """A commit read back from its row."""
+        d = json.loads(text)
+        return Commit(
+            judge=judge,
+            seq=seq,
+            gen=d["gen"],
+            txn=txn,
+            version=int(d["version"]),
+            op=d["op"],
+            who=d.get("who"),
+            created_at=created_at,
+            spec_json=d.get("spec", ""),
+            puts={k: tuple(v) for k, v in d.get("puts", {}).items()},
+            drops={k: tuple(v) for k, v in d.get("drops", {}).items()},
+            pending_on=tuple(d.get("pending_on", ())),
+            pending_off=tuple(d.get("pending_off", ())),
+            summary=Summary(**{k: tuple(v) for k, v in d.get("summary", {}).items()}),
+            restore_of=d.get("restore_of"),
+        )
 
 
 @dataclass(frozen=True)
@@ -45,13 +162,3 @@ class Neighbour:
 
     row: MemoryRow
     similarity: float
-
-
-@dataclass(frozen=True)
-class JudgeRow:
-    """A judge as stored: its spec (JSON text), memory version and creation time."""
-
-    name: str
-    spec_json: str
-    memory_version: int
-    created_at: datetime

@@ -1,14 +1,18 @@
-"""The LanceDB store: one table for every judge's memory, one small table for judge specs.
+"""The LanceDB store: one table holds every judge's memory rows and the commits that make them visible.
 
 This is the only module that imports lancedb. It owns the on-disk layout:
-- `memory`: one row per feedback item (episodic memory) and per guideline (semantic memory), each with its vector
-  and provenance (judge, kind, source feedback ids, who, when). Primary key `id` = "judge/kind/item_id", declared
-  unenforced-primary-key at creation so that concurrent upserts of one id cannot make duplicate rows.
-- `judges`: one row per judge (spec as JSON, memory version, created_at).
+- `memory_v2`: immutable row versions of feedback items and guidelines (vector, text, body, provenance), each
+  tagged with the transaction (`txn`) that wrote it and the judge generation (`gen`) it belongs to, keyed
+  `r:<txn>:<kind>:<item id>`; and one commit row per change of a judge, keyed `c:<judge>:<seq>`.
 - `store_meta`: which embedding model and dimension built the vectors; a store refuses to mix models.
 
-Scalar indexes (a B-tree on `id`, a bitmap on `judge`) keep reads of one judge or of rows by key from scanning
-every judge's memory; rows written since an index was built are scanned, so it is rebuilt when they pile up.
+Why one table and a commit row (measured on LanceDB 0.40, see transaction.py): a LanceDB commit is atomic for one
+table only, and `merge_insert(...).when_not_matched_insert_all()` on an unenforced primary key is an
+insert-if-absent that LanceDB arbitrates between processes (4 processes racing for 150 keys: each key won by
+exactly one writer, and each writer's `num_inserted_rows` told it truly whether it won). So a change writes its
+rows and its commit row in one merge: both or neither become durable, and of two writers of the same commit
+number exactly one wins. The loser's rows land without a commit, are invisible to readers, and are deleted at
+once (or, after a crash, by `purge`/`tidy`). This needs no file lock, so it holds on object storage too.
 
 It knows nothing of judging, prompts or models, and never embeds text itself: vectors come in ready-made.
 """
@@ -28,11 +32,10 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStubs]
 
-from memalign_mcp.errors import EmbeddingMismatchError, MemAlignError
-from memalign_mcp.records import JudgeRow, Kind, Matrix, MemoryRow, Neighbour, Vector
+from memalign_mcp.errors import EmbeddingMismatchError
+from memalign_mcp.records import Commit, Kind, MemoryRow, commit_key
 
-_MEMORY = "memory"
-_JUDGES = "judges"
+_MEMORY = "memory_v2"
 _META = "store_meta"
 log = logging.getLogger(__name__)
 _COMMIT_RETRIES = 20
@@ -42,6 +45,7 @@ _UNINDEXED_ROWS = 2_000
 _TIDY_EVERY = 100
 # Versions younger than this are kept, so readers in other processes never lose the version they read.
 _KEEP_VERSIONS = timedelta(hours=1)
+_DATA_COLUMNS = ["id", "kind", "item_id", "txn", "gen", "vector", "pending", "created_at", "content_hash"]
 
 
 def _q(text: str) -> str:
@@ -53,13 +57,8 @@ def _in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(_q(v) for v in values)})"
 
 
-def _keys(judge: str, kind: str, item_ids: Iterable[str]) -> str:
-    """A filter on the primary key (indexed) for rows of one judge and kind with these item ids."""
-    return _in("id", (f"{judge}/{kind}/{i}" for i in item_ids))
-
-
 class MemoryStore:
-    """A LanceDB database holding every judge's memory; safe to share between threads of one process."""
+    """A LanceDB database holding every judge's memory; safe to share between threads and processes."""
 
     def __init__(self, uri: str, *, embedding_name: str, embedding_dim: int | Callable[[], int]) -> None:
         """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
@@ -74,8 +73,6 @@ class MemoryStore:
         self._write_lock = threading.RLock()
         self.dim = self._check_meta(embedding_dim)
         self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
-        self._judges = self._open_or_create(_JUDGES, _JUDGES_SCHEMA, "name")
-        self._judges_cache: tuple[int, dict[str, JudgeRow]] | None = None
         self._writes = 0
         self._index_memory(only_missing=True)
 
@@ -86,8 +83,11 @@ class MemoryStore:
             [
                 pa.field("id", pa.string(), nullable=False),
                 pa.field("judge", pa.string(), nullable=False),
-                pa.field("kind", pa.string(), nullable=False),
+                pa.field("kind", pa.string(), nullable=False),  # feedback, guideline or commit
                 pa.field("item_id", pa.string(), nullable=False),
+                pa.field("gen", pa.string(), nullable=False),
+                pa.field("txn", pa.string(), nullable=False),
+                pa.field("seq", pa.int64(), nullable=False),  # commits only; 0 on data rows
                 pa.field("vector", pa.list_(pa.float32(), self.dim)),
                 pa.field("text", pa.string()),
                 pa.field("body", pa.string()),
@@ -140,71 +140,116 @@ class MemoryStore:
             )
         return dim
 
-    # --- judges -------------------------------------------------------------------------------------------
+    # --- commits ------------------------------------------------------------------------------------------
 
-    def _judges_now(self) -> dict[str, JudgeRow]:
-        """Every judge row, read again only when the judges table has a new version (a check of ~0.2 ms).
+    @property
+    def version(self) -> int:
+        """The table's version: it changes with every write by any process (a cheap check, ~0.2 ms locally)."""
+        return int(self._memory.version)
 
-        Every score reads its judge's memory version; a query of the table costs ten times the check.
+    def commit(self, commit: Commit, rows: Sequence[MemoryRow]) -> bool:
+        """Write a change's rows and its commit row in one LanceDB commit; False if `commit.seq` was taken.
+
+        A False return means another writer committed that number first: our rows were written without a
+        commit, so they are invisible, and they are deleted here before returning.
         """
-        version = self._judges.version
-        cached = self._judges_cache
-        if cached is None or cached[0] != version:
-            # Read after the version: rows newer than it are re-read at the next check, never missed.
-            cached = (version, {r["name"]: _judge_row(r) for r in self._judges.to_arrow().to_pylist()})
-            self._judges_cache = cached
-        return cached[1]
-
-    def judge_rows(self) -> list[JudgeRow]:
-        """Every judge, sorted by name."""
-        return sorted(self._judges_now().values(), key=lambda r: r.name)
-
-    def judge_row(self, name: str) -> JudgeRow | None:
-        """One judge, or None."""
-        return self._judges_now().get(name)
-
-    def insert_judge(self, name: str, spec_json: str) -> JudgeRow:
-        """Store a new judge at memory version 0; keep the existing row if the name is taken."""
-        existing = self.judge_row(name)
-        if existing is not None:
-            return existing  # no commit: every start re-creates the shipped judges
-        row = {"name": name, "spec": spec_json, "memory_version": 0, "created_at": datetime.now(UTC)}
+        records = [self._to_record(r) for r in rows]
+        records.append(self._commit_record(commit))
+        table = pa.Table.from_pylist(records, schema=self._memory.schema)
         with self._write_lock:
-            self._judges.merge_insert("name").when_not_matched_insert_all().execute(
-                pa.Table.from_pylist([row], schema=_JUDGES_SCHEMA)
-            )
-        stored = self.judge_row(name)
-        assert stored is not None
-        return stored
+            result = self._memory.merge_insert("id").when_not_matched_insert_all().execute(table)
+            self._after_write()
+        won = int(result.num_inserted_rows) == len(records)
+        if not won:
+            self.delete_orphans([commit.txn])
+        return won
 
-    def bump_version(self, name: str) -> int:
-        """Add one to a judge's memory version and return the new version."""
+    def delete_orphans(self, txns: Iterable[str]) -> None:
+        """Delete the rows of transactions that never committed (invisible already; this frees the space)."""
+        where = " OR ".join(self._txn_range(t) for t in txns)
+        if where:
+            with self._write_lock:
+                self._retry(lambda: self._memory.delete(where))
+                self._count_write()
+
+    def delete_generation(self, judge: str, gen: str) -> None:
+        """Delete every data row of a judge generation (after the commit that deleted the judge hid them)."""
         with self._write_lock:
-            self._judges.update(
-                where=f"name = {_q(name)}", values_sql={"memory_version": "memory_version + 1"}
+            self._retry(
+                lambda: self._memory.delete(f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind <> 'commit'")
             )
             self._count_write()
-            stored = self.judge_row(name)
-        if stored is None:
-            raise MemAlignError(f"Judge {name!r} vanished while its memory was being changed.")
-        return stored.memory_version
 
-    def delete_judge(self, name: str) -> tuple[int, int]:
-        """Delete a judge and all its memory; return (feedback rows, guideline rows) deleted."""
-        with self._write_lock:
-            n_feedback = self.count(name, "feedback")
-            n_guidelines = self.count(name, "guideline")
-            self._memory.delete(f"judge = {_q(name)}")
-            self._judges.delete(f"name = {_q(name)}")
-        return n_feedback, n_guidelines
+    @staticmethod
+    def _txn_range(txn: str) -> str:
+        # ';' sorts right after ':', so this range is exactly the keys "r:<txn>:..." (the B-tree on id serves it).
+        return f"(id >= {_q(f'r:{txn}:')} AND id < {_q(f'r:{txn};')})"
 
-    # --- scalar indexes -----------------------------------------------------------------------------------
+    def commits(self, judge: str, after: int = 0) -> list[Commit]:
+        """A judge name's commits numbered above `after`, in order."""
+        where = f"id > {_q(commit_key(judge, after))} AND id < {_q(f'c:{judge};')}"
+        return self._commits_where(where)
+
+    def all_commits(self) -> list[Commit]:
+        """Every commit of every judge name, in order per name."""
+        return self._commits_where("kind = 'commit'")
+
+    def _commits_where(self, where: str) -> list[Commit]:
+        cols = ["judge", "seq", "txn", "created_at", "body"]
+        records = self._memory.search().where(where).select(cols).limit(None).to_arrow().to_pylist()
+        out = [Commit.from_json(r["judge"], r["seq"], r["txn"], r["created_at"], r["body"]) for r in records]
+        return sorted(out, key=lambda c: (c.judge, c.seq))
+
+    # --- memory rows --------------------------------------------------------------------------------------
+
+    def count_feedback_rows(self, judge: str, gen: str) -> int:
+        """How many feedback row versions one judge generation has stored (orphans and old versions included)."""
+        return int(self._memory.count_rows(f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"))
+
+    def rows_of_generation(self, judge: str, gen: str, *, content: bool) -> list[MemoryRow]:
+        """Every data row version of one judge generation, orphans included; without `content` for feedback.
+
+        Guidelines always come whole (they are few); feedback without content carries only what retrieval
+        needs (ids, vector, pending, hash), so a judge of a million items does not hold its texts in memory.
+        """
+        return self._data_rows(f"judge = {_q(judge)} AND gen = {_q(gen)}", judge, content=content)
+
+    def rows_of_txns(self, judge: str, txns: Sequence[str], *, content: bool) -> list[MemoryRow]:
+        """The data rows written by these transactions (a key range each, served by the B-tree on id)."""
+        if not txns:
+            return []
+        return self._data_rows(
+            "(" + " OR ".join(self._txn_range(t) for t in txns) + ")", judge, content=content
+        )
+
+    def _data_rows(self, base: str, judge: str, *, content: bool) -> list[MemoryRow]:
+        guidelines = self._select(base + " AND kind = 'guideline'")
+        where = base + " AND kind = 'feedback'"
+        if content:
+            return guidelines + self._select(where)
+        query = self._memory.search().where(where).select(_DATA_COLUMNS).limit(None)
+        out: list[MemoryRow] = []
+        for batch in query.to_batches():
+            flat = batch.column("vector").values.to_numpy(zero_copy_only=False)
+            vectors = np.asarray(flat, dtype=np.float32).reshape(-1, self.dim)
+            for i, rec in enumerate(batch.drop_columns(["vector"]).to_pylist()):
+                out.append(self._from_record(rec | {"judge": judge, "vector": vectors[i]}))
+        return guidelines + out
+
+    def rows_by_key(self, keys: Iterable[str]) -> dict[str, MemoryRow]:
+        """Whole row versions by primary key."""
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        return {r.key: r for r in self._select(_in("id", wanted))}
+
+    # --- scalar indexes and housekeeping ------------------------------------------------------------------
 
     def _index_memory(self, *, only_missing: bool = False) -> None:
-        """Build the B-tree on `id` and the bitmap on `judge` (all of them, or only those that are missing)."""
+        """Build the B-tree on `id` and the bitmaps on `judge` and `kind` (all, or only the missing ones)."""
         with self._write_lock:
             have = {ix.columns[0] for ix in self._memory.list_indices()} if only_missing else set[str]()
-            for column, config in (("id", BTree()), ("judge", Bitmap())):
+            for column, config in (("id", BTree()), ("judge", Bitmap()), ("kind", Bitmap())):
                 if column not in have:
                     self._retry(
                         lambda c=column, k=config: self._memory.create_index(c, config=k, replace=True)
@@ -224,156 +269,88 @@ class MemoryStore:
             self._index_memory()
 
     def tidy(self) -> None:
-        """Compact both tables' small fragments and prune versions older than an hour (housekeeping).
+        """Compact small fragments and prune versions older than an hour (housekeeping).
 
         Each write makes a fragment and a version; without this, reads slow down as they pile up. A conflict
-        with another process's write only postpones the work to the next round.
+        with another process's write only postpones the work to the next round. Files that no version lists
+        (a write still in flight elsewhere) are never touched: `delete_unverified` stays off.
         """
         with self._write_lock:
-            for table in (self._memory, self._judges):
-                try:
-                    table.optimize(cleanup_older_than=_KEEP_VERSIONS)
-                except (RuntimeError, OSError) as exc:
-                    log.warning("store housekeeping postponed: %s", exc)
+            try:
+                self._memory.optimize(cleanup_older_than=_KEEP_VERSIONS)
+            except (RuntimeError, OSError) as exc:
+                log.warning("store housekeeping postponed: %s", exc)
 
     def fragments(self) -> int:
         """How many data fragments the memory table has (for tests and benchmarks of housekeeping)."""
+        return int(self._latest_metadata().get("total_fragments", "0"))
+
+    def _latest_metadata(self) -> dict[str, str]:
         versions = self._memory.list_versions()
-        latest = max(versions, key=lambda v: v["version"])
-        return int(latest["metadata"].get("total_fragments", "0"))
+        return dict(max(versions, key=lambda v: v["version"])["metadata"])
 
-    # --- memory rows --------------------------------------------------------------------------------------
+    # --- erasure ------------------------------------------------------------------------------------------
 
-    def upsert(self, rows: Sequence[MemoryRow]) -> None:
-        """Insert or replace rows by (judge, kind, item_id); touches only these rows."""
-        if not rows:
-            return
-        table = pa.Table.from_pylist([self._to_record(r) for r in rows], schema=self._memory.schema)
-        with self._write_lock:
-            self._memory.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
-                table
-            )
-            self._after_write()
+    def erase_keys(self, keys: Sequence[str]) -> int:
+        """Erase these row versions from every file (see erase); prune old versions even when there are none."""
+        return self.erase(_in("id", keys) if keys else "false")
 
-    def delete(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> None:
-        """Delete rows of one judge and kind by item id."""
-        ids = list(item_ids)
-        if not ids:
-            return
-        with self._write_lock:
-            self._memory.delete(_keys(judge, kind, ids))
-            self._count_write()
+    def erase(self, where: str) -> int:
+        """Delete the rows matching `where` so that their bytes are in no file of the store; return how many.
 
-    def get(self, judge: str, kind: Kind, item_ids: Iterable[str]) -> dict[str, MemoryRow]:
-        """Rows of one judge and kind with these item ids, keyed by item id."""
-        ids = list(item_ids)
-        if not ids:
-            return {}
-        return {r.item_id: r for r in self._select(_keys(judge, kind, ids))}
-
-    def rows(self, judge: str, kind: Kind, *, pending: bool | None = None) -> list[MemoryRow]:
-        """Every row of one judge and kind (optionally only pending ones), oldest first."""
-        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
-        if pending is not None:
-            where += f" AND pending = {'true' if pending else 'false'}"
-        return sorted(self._select(where), key=lambda r: (r.created_at, r.item_id))
-
-    def count(self, judge: str, kind: Kind, *, pending: bool | None = None) -> int:
-        """How many rows one judge has of a kind."""
-        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
-        if pending is not None:
-            where += f" AND pending = {'true' if pending else 'false'}"
-        return int(self._memory.count_rows(where))
-
-    def page(self, judge: str, kind: Kind, *, limit: int, offset: int) -> tuple[int, list[MemoryRow]]:
-        """A page of one judge's rows of a kind, oldest first, with the total count."""
-        where = f"judge = {_q(judge)} AND kind = {_q(kind)}"
-        cols = ["item_id", "created_at"]
-        keys: list[dict[str, Any]] = (
-            self._memory.search().where(where).select(cols).limit(None).to_arrow().to_pylist()
-        )
-        keys.sort(key=lambda r: (r["created_at"], r["item_id"]))
-        chosen = [k["item_id"] for k in keys[offset : offset + limit]]
-        found = self.get(judge, kind, chosen)
-        return len(keys), [found[i] for i in chosen if i in found]
-
-    def feedback_vectors(self, judge: str) -> tuple[list[str], Matrix]:
-        """Item ids and vectors (one row each) of every feedback item of one judge, in one read."""
-        where = f"judge = {_q(judge)} AND kind = 'feedback'"
-        query = self._memory.search().where(where).select(["item_id", "vector"]).limit(None)
-        ids: list[str] = []
-        parts: list[Matrix] = [np.zeros((0, self.dim), dtype=np.float32)]
-        # Batch by batch, so that at most one extra copy of the vectors is alive while the matrix is built.
-        for batch in query.to_batches():
-            ids.extend(batch.column("item_id").to_pylist())
-            flat = batch.column("vector").values.to_numpy(zero_copy_only=False)
-            parts.append(np.asarray(flat, dtype=np.float32).reshape(-1, self.dim))
-        return ids, np.concatenate(parts)
-
-    def nearest(self, judge: str, vector: Vector, k: int, *, exclude: Iterable[str] = ()) -> list[Neighbour]:
-        """The k feedback rows of one judge most similar to the vector, most similar first."""
-        if k <= 0:
-            return []
-        where = f"judge = {_q(judge)} AND kind = 'feedback'"
-        excluded = list(exclude)
-        if excluded:
-            where += f" AND NOT ({_in('item_id', excluded)})"
-        query = (
-            self._memory.search(vector.astype(np.float32), vector_column_name="vector")
-            .distance_type("cosine")
-            .where(where, prefilter=True)
-            .limit(k)
-        )
-        out: list[Neighbour] = []
-        for rec in query.to_arrow().to_pylist():
-            distance = float(rec.pop("_distance"))
-            out.append(Neighbour(row=self._from_record(rec), similarity=1.0 - distance))
-        return out
-
-    def set_pending(self, judge: str, item_ids: Iterable[str], pending: bool) -> None:
-        """Mark feedback items as waiting for (or done with) distillation."""
-        ids = list(item_ids)
-        if not ids:
-            return
-        with self._write_lock:
-            self._memory.update(where=_keys(judge, "feedback", ids), values={"pending": pending})
-            self._after_write()
-
-    # --- purge --------------------------------------------------------------------------------------------
-
-    def purge(self) -> None:
-        """Erase deleted rows from every file: drop tags, compact, rewrite fragments with deletions, prune.
-
-        optimize() alone keeps a fragment in which few rows were deleted (only a deletion vector is written), so
-        the removed text would stay inside that data file. When deletions remain after compaction, the table is
-        rewritten from its live rows. Old versions are pruned at once (not after 7 days) with unverified files,
-        which is safe only while no other process writes to this store: purge is an operator's action.
+        A plain delete only marks rows in a deletion vector: the text stays inside the data file. So the rows
+        that share a data fragment with an erased row are rewritten in the same merge that deletes it, which
+        leaves those fragments wholly deleted and dropped from the new version; then every older version is
+        pruned. All of it goes through LanceDB's own commits, so writers in other processes lose nothing: a
+        conflicting write is retried by LanceDB, and files that no version lists yet (a write in flight) are
+        kept. A reader in another process that is mid-way through a pruned version fails that one read.
         """
         with self._write_lock:
-            for table in (self._memory, self._judges):
-                for tag in list(table.tags.list()):
-                    table.tags.delete(tag)
-                self._optimize_now(table)
-                if self._has_deletions(table):
-                    live = table.to_arrow()
-                    self._retry(lambda t=table, data=live: t.add(data, mode="overwrite"))
-                    self._optimize_now(table)
-            # Rebuilt from the live rows, then pruned again, so that no index file keeps a removed row's key.
+            found = (
+                self._memory.search()
+                .where(where)
+                .with_row_address(True)
+                .select(["id", "_rowaddr"])
+                .limit(None)
+                .to_arrow()
+                .to_pylist()
+            )
+            if found:
+                keys = [r["id"] for r in found]
+                fragments = sorted({int(r["_rowaddr"]) >> 32 for r in found})
+                self._retry(lambda: self._rewrite_without(fragments, keys))
+            # Rebuilt from the live rows before pruning, so no index file keeps an erased row's key.
             self._index_memory()
-            self._optimize_now(self._memory)
+            self._prune_now()
+        return len(found)
 
-    def _optimize_now(self, table: Any) -> None:
+    def _rewrite_without(self, fragments: list[int], keys: list[str]) -> None:
+        doomed = set(keys)
+        neighbours = self._memory.search().with_fragments(fragments).limit(None).to_arrow()
+        keep = neighbours.filter(
+            pa.array([k not in doomed for k in neighbours.column("id").to_pylist()], type=pa.bool_())
+        )
+        if keep.num_rows == 0:
+            # Nothing shares their fragments: a delete leaves those fragments wholly deleted, hence dropped.
+            self._memory.delete(_in("id", keys))
+            return
+        (
+            self._memory.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_by_source_delete(_in("id", keys))
+            .execute(keep.cast(self._memory.schema))
+        )
+
+    def _prune_now(self) -> None:
         with warnings.catch_warnings():
-            # lancedb warns that pruning every old version can break concurrent readers; the docstring says why
-            # purge accepts that.
+            # LanceDB warns that pruning every old version fails a concurrent reader of one; erase() accepts it.
             warnings.simplefilter("ignore", UserWarning)
-            self._retry(lambda: table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True))
+            self._retry(lambda: self._memory.optimize(cleanup_older_than=timedelta(0)))
 
-    @staticmethod
-    def _has_deletions(table: Any) -> bool:
-        versions = table.list_versions()
-        latest = max(versions, key=lambda v: v["version"])
-        return int(latest["metadata"].get("total_deletion_file_rows", "0")) > 0
+    def residue(self) -> tuple[int, int]:
+        """(versions kept, deleted rows still inside data files) of the memory table."""
+        versions = self._memory.list_versions()
+        return len(versions), int(self._latest_metadata().get("total_deletion_file_rows", "0"))
 
     @staticmethod
     def _retry(action: Any) -> None:
@@ -387,17 +364,29 @@ class MemoryStore:
                 if not retryable or attempt == _COMMIT_RETRIES - 1:
                     raise
 
-    def residue(self) -> tuple[int, int]:
-        """(versions kept, deleted rows still inside data files) of the memory table: (1, 0) after a purge."""
-        versions = self._memory.list_versions()
-        latest = max(versions, key=lambda v: v["version"])
-        return len(versions), int(latest["metadata"].get("total_deletion_file_rows", "0"))
-
     # --- conversion ---------------------------------------------------------------------------------------
 
     def _select(self, where: str) -> list[MemoryRow]:
         records = self._memory.search().where(where).limit(None).to_arrow().to_pylist()
         return [self._from_record(r) for r in records]
+
+    def _commit_record(self, c: Commit) -> dict[str, Any]:
+        return {
+            "id": commit_key(c.judge, c.seq),
+            "judge": c.judge,
+            "kind": "commit",
+            "item_id": str(c.seq),
+            "gen": c.gen,
+            "txn": c.txn,
+            "seq": c.seq,
+            "vector": np.zeros(self.dim, dtype=np.float32),
+            "text": "",
+            "body": c.to_json(),
+            "sources": [],
+            "content_hash": "",
+            "pending": False,
+            "created_at": c.created_at,
+        }
 
     def _to_record(self, row: MemoryRow) -> dict[str, Any]:
         vector = np.asarray(row.vector, dtype=np.float32)
@@ -410,6 +399,9 @@ class MemoryStore:
             "judge": row.judge,
             "kind": row.kind,
             "item_id": row.item_id,
+            "gen": row.gen,
+            "txn": row.txn,
+            "seq": 0,
             "vector": vector,
             "text": row.text,
             "body": json.dumps(row.body, ensure_ascii=False, sort_keys=True),
@@ -426,30 +418,15 @@ class MemoryStore:
             kind=cast(Kind, rec["kind"]),
             item_id=rec["item_id"],
             vector=np.asarray(rec["vector"], dtype=np.float32),
-            text=rec["text"] or "",
-            body=json.loads(rec["body"] or "{}"),
-            sources=tuple(rec["sources"] or ()),
-            content_hash=rec["content_hash"] or "",
+            text=rec.get("text") or "",
+            body=json.loads(rec.get("body") or "{}"),
+            sources=tuple(rec.get("sources") or ()),
+            content_hash=rec.get("content_hash") or "",
             pending=bool(rec["pending"]),
-            created_at=rec["created_at"],
+            created_at=rec["created_at"] or datetime.now(UTC),
+            gen=rec["gen"],
+            txn=rec["txn"],
         )
 
 
-_JUDGES_SCHEMA = pa.schema(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("spec", pa.string()),
-        pa.field("memory_version", pa.int64()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 _META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
-
-
-def _judge_row(rec: dict[str, Any]) -> JudgeRow:
-    return JudgeRow(
-        name=rec["name"],
-        spec_json=rec["spec"],
-        memory_version=int(rec["memory_version"]),
-        created_at=rec["created_at"],
-    )
