@@ -463,7 +463,7 @@ async def test_tools_are_listed_before_the_engine_is_open_and_wait_for_it(tmp_pa
     async with Client(server) as connected:
         with anyio.fail_after(20):
             tools = await connected.list_tools()  # answered while the engine is still closed
-        assert len(tools.tools) == 9
+        assert len(tools.tools) == 14
         assert opened == []
         release.set()
         judges = await ok(connected, "list_judges")  # waits for the engine, then answers
@@ -476,7 +476,7 @@ async def test_an_engine_that_cannot_open_makes_every_call_an_error_saying_why(t
         raise SettingsError("judge file judges/x.toml", "x.toml", "a valid judge spec")
 
     async with Client(build_server(memory_settings(tmp_path), engine_factory=broken)) as connected:
-        assert len((await connected.list_tools()).tools) == 9
+        assert len((await connected.list_tools()).tools) == 14
         for _ in range(2):  # the failure is reported on every call, not only the first
             text = await refused(connected, "list_judges")
             assert "The judge engine could not start: Bad setting judge file judges/x.toml" in text

@@ -37,6 +37,11 @@ ANNOTATIONS = {
     "list_feedback": (True, False, True, False),
     "evaluate_judge": (True, False, True, True),
     "delete_judge": (False, True, False, False),
+    "update_judge": (False, False, True, False),
+    "distill_pending": (False, False, True, False),
+    "judge_history": (True, False, True, False),
+    "diff_judge": (True, False, True, False),
+    "rollback_judge": (False, True, True, False),
 }
 
 
@@ -152,7 +157,7 @@ async def test_contract_fields_named_in_contract_md_are_in_the_schemas() -> None
         "create_judge"
     )
     assert "retrieval_k" in inputs("create_judge")
-    assert inputs("score_response") == {"judge", "inputs", "outputs", "expectations"}
+    assert inputs("score_response") == {"judge", "inputs", "outputs", "expectations", "version"}
     assert {"value", "rationale", "judge", "judge_version", "guidelines_used", "examples_used"} <= outputs(
         "score_response"
     )

@@ -36,6 +36,11 @@ CONTRACT_TOOLS = {
     "list_feedback",
     "evaluate_judge",
     "delete_judge",
+    "update_judge",
+    "distill_pending",
+    "judge_history",
+    "diff_judge",
+    "rollback_judge",
 }
 FEEDBACK = [
     {

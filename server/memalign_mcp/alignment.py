@@ -75,6 +75,8 @@ class _Forgetting:
         self.added: list[Guideline] = []
         self.pending: list[str] = []
         self.drop_ids: list[str] = []
+        self.tainted: list[str] = []  # guidelines that cited a forgotten item
+        self.tainted_sources: set[str] = set()
 
 
 class MemAlignService(HistoryService):
@@ -200,8 +202,8 @@ class MemAlignService(HistoryService):
                 rows=rows + forgetting.rows,
                 drops={"guideline": forgetting.drop_ids},
                 pending_on=forgetting.pending,
-                reads={("feedback", i) for i in ids},
-                reads_all_guidelines=bool(replaced),
+                reads={("feedback", i) for i in ids} | {("guideline", g) for g in forgetting.tainted},
+                dropped_sources=forgetting.tainted_sources,
                 summary=Summary(
                     feedback_added=tuple(str(i.id) for i in fresh if i.id not in replaced),
                     feedback_replaced=tuple(replaced),
@@ -287,10 +289,12 @@ class MemAlignService(HistoryService):
 
         try:
             commit, _ = self.ledger.change(name, prepare, who=who)
-        except ConflictError as exc:
-            result.added, result.dropped = [], []
+        except (ConflictError, OSError, RuntimeError, ValueError) as exc:
+            # The feedback is committed already: failing to store its distillation loses nothing, so it is
+            # reported in the result (the items stay pending) rather than failing a call whose data is safe.
             result.note = (
-                f"{exc} The feedback is stored and stays pending; call distill_pending to finish it."
+                f"Distillation was not stored ({exc}); the feedback is stored and stays pending: call "
+                "distill_pending to finish it."
             )
             commit = None
         if commit is not None:
@@ -332,6 +336,7 @@ class MemAlignService(HistoryService):
             pending_off=list(outcome.distilled_ids),
             reads={("feedback", i) for i in outcome.distilled_ids},
             reads_all_guidelines=True,
+            dropped_sources={s for g in dropped for s in g.source_feedback_ids},
             summary=Summary(
                 guidelines_added=tuple(g.id for g in result.added),
                 guidelines_removed=tuple(g.id for g in dropped),
@@ -369,8 +374,8 @@ class MemAlignService(HistoryService):
                 rows=forgetting.rows,
                 drops={"feedback": removed, "guideline": forgetting.drop_ids},
                 pending_on=forgetting.pending,
-                reads={("feedback", i) for i in removed},
-                reads_all_guidelines=True,
+                reads={("feedback", i) for i in removed} | {("guideline", g) for g in forgetting.tainted},
+                dropped_sources=forgetting.tainted_sources,
                 summary=Summary(
                     feedback_removed=tuple(removed),
                     guidelines_removed=tuple(g.id for g in forgetting.dropped),
@@ -401,6 +406,8 @@ class MemAlignService(HistoryService):
         out = _Forgetting()
         gone = set(ids)
         tainted = [g for g in state.guideline_rows() if gone & set(g.sources)]
+        out.tainted = [g.item_id for g in tainted]
+        out.tainted_sources = {s for g in tainted for s in g.sources}
         untouched = [
             WorkingGuideline(g.item_id, g.text, set(g.sources), g.vector)
             for g in state.guideline_rows()

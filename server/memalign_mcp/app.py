@@ -37,11 +37,14 @@ from memalign_mcp.models import (
     FeedbackPage,
     GuidelineList,
     Judge,
+    JudgeDiff,
     JudgedText,
+    JudgeHistory,
     JudgeList,
     JudgeSpec,
     LabelledExample,
     RemoveFeedbackResult,
+    RollbackResult,
     ScoreResult,
 )
 from memalign_mcp.settings import Settings
@@ -228,6 +231,7 @@ def build_server(
     )
     _add_judge_tools(server)
     _add_memory_tools(server)
+    _add_history_tools(server)
     _add_evaluation_tool(server)
     _add_resource_and_prompts(server)
     return server
@@ -285,8 +289,13 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
         judge: JudgeName,
         inputs: InputsArg,
         outputs: OutputsArg,
+        *,
         ctx: Ctx,
         expectations: ExpectationsArg = None,
+        version: Annotated[
+            int | None,
+            Field(description="Score with the memory as it was at this memory version (see judge_history)."),
+        ] = None,
     ) -> ScoreResult:
         """Judge one response with a judge's instructions, its distilled guidelines and its most similar past
         human feedback. Read `value` (the verdict, of the judge's feedback_type) and `rationale` (why). For a
@@ -294,8 +303,11 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
         revise, and call score_response again. For a score, a low value means the same. value null means a
         memory-only judge (model 'memory') found too little similar feedback to decide; do not read it as a
         pass. `guidelines_used` and `examples_used` are the ids of the memory the verdict relied on and
-        `judge_version` the memory version it saw. When the model fails the call is an error, never a guess."""
-        return await _run(ctx, lambda engine: engine.score(judge, inputs, outputs, expectations))
+        `judge_version` the memory version it saw. When the model fails the call is an error, never a guess.
+        With `version`, the memory as it was then (an error if content of that version was purged since)."""
+        return await _run(
+            ctx, lambda engine: engine.score(judge, inputs, outputs, expectations, version=version)
+        )
 
     @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE)
     async def delete_judge(judge: JudgeName, ctx: Ctx) -> DeleteJudgeResult:
@@ -365,6 +377,74 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         `total` counts every item; when offset + limit < total, call again with offset increased by limit.
         Use the ids with remove_feedback."""
         return await _run(ctx, lambda engine: engine.list_feedback(judge, limit, offset))
+
+
+def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
+    @_tool(server, title="Update a judge", annotations=ADDITIVE)
+    async def update_judge(
+        judge: JudgeName,
+        *,
+        ctx: Ctx,
+        instructions: Annotated[str | None, Field(description=_field(JudgeSpec, "instructions"))] = None,
+        model: Annotated[str | None, Field(description=_field(JudgeSpec, "model"))] = None,
+        retrieval_k: Annotated[int | None, Field(description=_field(JudgeSpec, "retrieval_k"))] = None,
+        choices: Annotated[list[str] | None, Field(description=_field(JudgeSpec, "choices"))] = None,
+        min_value: Annotated[float | None, Field(description=_field(JudgeSpec, "min_value"))] = None,
+        max_value: Annotated[float | None, Field(description=_field(JudgeSpec, "max_value"))] = None,
+    ) -> Judge:
+        """Change a judge's instructions, model, retrieval_k or value bounds while keeping its memory; the
+        memory version goes up by one. Give only the fields to change. A change that stored feedback would no
+        longer fit (a verdict outside new bounds or choices) is refused, naming the item."""
+        given = {
+            "instructions": instructions,
+            "model": model,
+            "retrieval_k": retrieval_k,
+            "choices": choices,
+            "min_value": min_value,
+            "max_value": max_value,
+        }
+        changes = {k: v for k, v in given.items() if v is not None}
+        return await _run(ctx, lambda engine: engine.update_judge(judge, changes))
+
+    @_tool(server, title="Distil pending feedback", annotations=ADDITIVE)
+    async def distill_pending(judge: JudgeName, ctx: Ctx) -> AddFeedbackResult:
+        """Distil guidelines now from a judge's pending feedback (stored while no reflection model was set, or
+        whose distillation failed). Returns what add_feedback returns, for those items."""
+        progress = _progress(ctx)
+        return await _run(ctx, lambda engine: engine.distill_pending(judge, progress))
+
+    @_tool(server, title="A judge's memory history", annotations=READ_ONLY)
+    async def judge_history(
+        judge: JudgeName,
+        ctx: Ctx,
+        limit: Annotated[int, Field(description="Versions per page, 1 to 500.")] = 50,
+        offset: Annotated[int, Field(description="Versions to skip (newest first).")] = 0,
+    ) -> JudgeHistory:
+        """Every memory version of a judge, newest first: when, who, the kind of change, and the ids of the
+        feedback and guidelines it added, removed, replaced or revised (never their content). Purged items
+        stay listed as ids. Use a version with diff_judge, rollback_judge or score_response(version=...)."""
+        return await _run(ctx, lambda engine: engine.judge_history(judge, limit, offset))
+
+    @_tool(server, title="Compare two memory versions", annotations=READ_ONLY)
+    async def diff_judge(
+        judge: JudgeName,
+        from_version: Annotated[int, Field(description="The older memory version.")],
+        to_version: Annotated[int, Field(description="The newer memory version.")],
+        ctx: Ctx,
+    ) -> JudgeDiff:
+        """The feedback ids and guidelines added, removed and changed between two memory versions."""
+        return await _run(ctx, lambda engine: engine.diff_judge(judge, from_version, to_version))
+
+    @_tool(server, title="Roll a judge's memory back", annotations=DESTRUCTIVE_IDEMPOTENT)
+    async def rollback_judge(
+        judge: JudgeName,
+        version: Annotated[int, Field(description="The memory version to restore (see judge_history).")],
+        ctx: Ctx,
+    ) -> RollbackResult:
+        """Make a new memory version whose feedback and guidelines equal those of an older version (the spec
+        stays as it is now). Nothing is lost: the versions in between stay in the history and can be restored
+        in turn. Refused, naming the items, where that version held content purged since."""
+        return await _run(ctx, lambda engine: engine.rollback_judge(judge, version))
 
 
 def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:

@@ -92,26 +92,26 @@ class HistoryService(JudgeService):
         def prepare(state: MemoryState) -> Change:
             if state.missing:
                 raise PurgedContentError(name, version, sorted(f"{k} {i}" for k, i in state.missing))
-            diff = _diff(name, state, target)
-            whole = self.ledger.whole_rows(target, [*diff.feedback_removed, *diff.feedback_changed])
-            gone_fb = [*diff.feedback_added, *diff.feedback_changed]
-            gone_gl = [g.id for g in (*diff.guidelines_added, *diff.guidelines_changed)]
-            back_gl = [target.guidelines[g.id] for g in (*diff.guidelines_removed, *diff.guidelines_changed)]
-            rows = list(whole.values()) + back_gl
+            diff = _diff(name, state, target)  # what must change to go from now to the target
+            back = self.ledger.whole_rows(target, [*diff.feedback_added, *diff.feedback_changed])
+            back_gl = [target.guidelines[g.id] for g in (*diff.guidelines_added, *diff.guidelines_changed)]
             return Change(
                 op="rollback",
-                rows=[_fresh(r, pending=r.item_id in target.pending) for r in rows],
-                drops={"feedback": gone_fb, "guideline": gone_gl},
+                rows=[_fresh(r, pending=r.item_id in target.pending) for r in [*back.values(), *back_gl]],
+                drops={
+                    "feedback": diff.feedback_removed,
+                    "guideline": [g.id for g in diff.guidelines_removed],
+                },
                 pending_on=sorted(target.pending - state.pending),
                 pending_off=sorted(state.pending - target.pending),
                 reads={("feedback", i) for i in state.feedback} | {("feedback", i) for i in target.feedback},
                 reads_all_guidelines=True,
                 summary=Summary(
-                    feedback_added=tuple(diff.feedback_removed),
-                    feedback_removed=tuple(diff.feedback_added),
+                    feedback_added=tuple(diff.feedback_added),
+                    feedback_removed=tuple(diff.feedback_removed),
                     feedback_replaced=tuple(diff.feedback_changed),
-                    guidelines_added=tuple(g.id for g in diff.guidelines_removed),
-                    guidelines_removed=tuple(g.id for g in diff.guidelines_added),
+                    guidelines_added=tuple(g.id for g in diff.guidelines_added),
+                    guidelines_removed=tuple(g.id for g in diff.guidelines_removed),
                     guidelines_revised=tuple(g.id for g in diff.guidelines_changed),
                 ),
                 restore_of=version,
@@ -155,28 +155,25 @@ class HistoryService(JudgeService):
         return self.get_judge(name)
 
     def purge_feedback(self, name: str, ids: list[str], *, who: str | None, recorded: bool) -> int:
-        """Erase from every file the rows of these feedback ids, of guidelines that cited them, and orphans.
+        """Erase from every file the rows of these feedback ids and of every guideline version that cited them.
 
         Idempotent: a purge interrupted after its commit is completed by calling remove_feedback again with
         purge=true (the ids are then 'not found' but their bytes are still erased). Without a commit of its
         own (`recorded`), a purge that erased anything leaves a tombstone version in the history.
         """
-        state = self.state(name)
-        rows = self.store.rows_of_generation(name, state.gen, content=False)
-        # Commits read after the rows: every row seen whose transaction committed has its commit in this list.
-        committed = {c.txn for c in self.ledger.generation(name)}
-        doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
-        doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
-        # Rows of transactions that never committed may hold text derived from removed items.
-        doomed |= {r.key for r in rows if r.txn not in committed}
-        if doomed and not recorded:
-            # The tombstone first: erasing is the last step, so the store ends with no older version to prune.
+        if not recorded:
+            # The tombstone first (a purge of items removed earlier has no commit of its own to carry it).
 
             def tombstone(_: MemoryState) -> Change:
                 return Change(op="purge", summary=Summary(purged=tuple(ids)))
 
             self.ledger.change(name, tombstone, who=who)
-        erased = self.store.erase_keys(sorted(doomed))
+        with self.store.exclusive():
+            state = self.state(name)
+            rows = self.store.rows_of_generation(name, state.gen, content=False)
+            doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
+            doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
+            erased = self.store.erase_keys(sorted(doomed))
         return erased
 
 

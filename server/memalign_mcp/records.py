@@ -100,6 +100,8 @@ class Commit:
     drops: dict[Kind, tuple[str, ...]] = field(default_factory=dict[Kind, tuple[str, ...]])
     pending_on: tuple[str, ...] = ()
     pending_off: tuple[str, ...] = ()
+    # Feedback cited by the guidelines this commit wrote or dropped: it changed those items' influence.
+    cites: tuple[str, ...] = ()
     summary: Summary = field(default_factory=Summary)
     restore_of: int | None = None  # rollback: the version whose state this commit restored
 
@@ -111,7 +113,7 @@ class Commit:
     def touched(self) -> set[ItemKey]:
         """Every (kind, item id) whose state this commit changed."""
         out: set[ItemKey] = {(k, i) for k, ids in (*self.puts.items(), *self.drops.items()) for i in ids}
-        out |= {("feedback", i) for i in (*self.pending_on, *self.pending_off)}
+        out |= {("feedback", i) for i in (*self.pending_on, *self.pending_off, *self.cites)}
         return out
 
     def to_json(self) -> str:
@@ -127,6 +129,7 @@ class Commit:
                 "drops": {k: list(v) for k, v in self.drops.items()},
                 "pending_on": list(self.pending_on),
                 "pending_off": list(self.pending_off),
+                "cites": list(self.cites),
                 "summary": self.summary.as_dict(),
                 "restore_of": self.restore_of,
             },
@@ -151,6 +154,7 @@ class Commit:
             drops={k: tuple(v) for k, v in d.get("drops", {}).items()},
             pending_on=tuple(d.get("pending_on", ())),
             pending_off=tuple(d.get("pending_off", ())),
+            cites=tuple(d.get("cites", ())),
             summary=Summary(**{k: tuple(v) for k, v in d.get("summary", {}).items()}),
             restore_of=d.get("restore_of"),
         )

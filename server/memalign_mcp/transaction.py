@@ -29,6 +29,8 @@ What LanceDB 0.40 offered and what it did not (measured; see the closing note of
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 # Judges with at most this many stored feedback rows keep whole rows in their cached state (a few KB each).
 ROWS_IN_MEMORY = 20_000
 # How many times a change is prepared again after commits of others overlapped it.
-_REDO_LIMIT = 5
+_REDO_LIMIT = 12
 
 
 class ConflictError(MemAlignError):
@@ -91,6 +93,7 @@ class Change:
     # What the change depended on: a commit of another writer touching any of it forces a new prepare.
     reads: set[ItemKey] = field(default_factory=set[ItemKey])
     reads_all_guidelines: bool = False
+    dropped_sources: set[str] = field(default_factory=set[str])  # sources of the guidelines it drops
     summary: Summary = field(default_factory=Summary)
     spec_json: str | None = None  # a new spec (create, update)
     restore_of: int | None = None
@@ -105,8 +108,12 @@ class Change:
         """Every (kind, id) the change read or writes."""
         out: set[ItemKey] = set(self.reads) | {(r.kind, r.item_id) for r in self.rows}
         out |= {(k, i) for k, ids in self.drops.items() for i in ids}
-        out |= {("feedback", i) for i in (*self.pending_on, *self.pending_off)}
+        out |= {("feedback", i) for i in (*self.pending_on, *self.pending_off, *self.cites())}
         return out
+
+    def cites(self) -> set[str]:
+        """Feedback whose influence the change alters: sources of the guidelines it writes or drops."""
+        return {s for r in self.rows if r.kind == "guideline" for s in r.sources} | self.dropped_sources
 
 
 Prepare = Callable[[MemoryState], Change | None]
@@ -289,7 +296,7 @@ class Ledger:
         replaced meanwhile, ConflictError after _REDO_LIMIT overlapping commits of others.
         """
         pinned: str | None = None
-        for _ in range(_REDO_LIMIT):
+        for attempt in range(_REDO_LIMIT):
             state = self.state(name)
             if pinned is not None and state.gen != pinned:
                 raise JudgeGoneError(
@@ -298,16 +305,18 @@ class Ledger:
                 )
             pinned = state.gen
             change = prepare(state)
-            self._step(name, "prepared")
             if change is None or change.empty():
                 return None, state
+            self._step(name, f"{change.op}:prepared")
             commit = self._commit(name, state, change, who)
             if commit is not None:
-                self._step(name, "committed")
+                self._step(name, f"{change.op}:committed")
                 return commit, state
             log.info(
                 "judge %r changed meanwhile in ways this %s depends on; preparing again", name, change.op
             )
+            # Jittered backoff: two writers that keep overlapping must not keep colliding in lockstep.
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
         raise ConflictError(
             f"Judge {name!r} was changed by other callers {_REDO_LIMIT} times while this call was being "
             "prepared; nothing of it was stored. Call again."
@@ -325,7 +334,7 @@ class Ledger:
                     return None
             commit = self._record(name, head, gen=state.gen, txn=txn, change=change, who=who)
             rows = [replace(r, judge=name, gen=state.gen, txn=txn) for r in change.rows]
-            self._step(name, "writing")
+            self._step(name, f"{change.op}:writing")
             if self.store.commit(commit, rows):
                 return commit
 
@@ -348,6 +357,7 @@ class Ledger:
             drops={k: tuple(v) for k, v in change.drops.items() if v},
             pending_on=tuple(change.pending_on),
             pending_off=tuple(change.pending_off),
+            cites=tuple(sorted(change.cites())),
             summary=change.summary,
             restore_of=change.restore_of,
         )
@@ -393,10 +403,14 @@ class Ledger:
                     guidelines_removed=tuple(sorted(state.guidelines)),
                 ),
             )
-            self._step(name, "writing")
+            self._step(name, "delete:writing")
             if self.store.commit(commit, []):
                 break
         self._states.pop(name, None)
-        # Invisible already; deleting them frees the space and keeps old private text out of later scans.
-        self.store.delete_generation(name, state.gen)
+        # Invisible already; deleting them frees the space and keeps old private text out of later scans. The
+        # delete is committed, so a failure here is logged, not raised: the rows stay invisible either way.
+        try:
+            self.store.delete_generation(name, state.gen)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("judge %r is deleted; freeing its rows failed and is left for later: %s", name, exc)
         return commit, state
