@@ -155,7 +155,7 @@ class HistoryService(JudgeService):
         return self.get_judge(name)
 
     def purge_feedback(self, name: str, ids: list[str], *, who: str | None, recorded: bool) -> int:
-        """Erase from every file the rows of these feedback ids and of every guideline version that cited them.
+        """Erase from every file the rows of these feedback ids, of every guideline version citing them, and orphans.
 
         Idempotent: a purge interrupted after its commit is completed by calling remove_feedback again with
         purge=true (the ids are then 'not found' but their bytes are still erased). Without a commit of its
@@ -171,8 +171,13 @@ class HistoryService(JudgeService):
         with self.store.exclusive():
             state = self.state(name)
             rows = self.store.rows_of_generation(name, state.gen, content=False)
+            # Commits read after the rows: every row seen whose transaction committed has its commit here
+            # (rows and commit row land in one LanceDB commit, and no writer commits while the lease is held).
+            committed = {c.txn for c in self.ledger.generation(name)}
             doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
             doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
+            # Rows of a transaction that never committed (its writer was killed) may hold derived text.
+            doomed |= {r.key for r in rows if r.txn not in committed}
             erased = self.store.erase_keys(sorted(doomed))
         return erased
 

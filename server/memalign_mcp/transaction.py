@@ -45,10 +45,15 @@ log = logging.getLogger(__name__)
 ROWS_IN_MEMORY = 20_000
 # How many times a change is prepared again after commits of others overlapped it.
 _REDO_LIMIT = 12
+_REREAD_LIMIT = 3
 
 
 class ConflictError(MemAlignError):
     """A change kept colliding with changes from other callers and was given up; nothing of it was stored."""
+
+
+class StoreReadError(MemAlignError):
+    """The store read back something that cannot be (a gap in a judge's commits), even after reading again."""
 
 
 class JudgeGoneError(MemAlignError):
@@ -192,6 +197,17 @@ def _overlaps(change: Change, gen: str, commits: Sequence[Commit]) -> bool:
     return False
 
 
+def _fits(change: Change, latest: MemoryState) -> bool:
+    """True when, applied on top of `latest`, the change leaves no guideline citing a missing item.
+
+    The overlap check decides from commit footprints; this checks the one invariant readers rely on against
+    the state itself, so a rebase can never resurrect an influence that another commit removed.
+    """
+    dropped = set(change.drops.get("feedback", ()))
+    present = (set(latest.feedback) | {r.item_id for r in change.rows if r.kind == "feedback"}) - dropped
+    return all(set(r.sources) <= present for r in change.rows if r.kind == "guideline")
+
+
 class Ledger:
     """Reads judges as of their latest (or an older) commit, and commits changes to them; thread-safe."""
 
@@ -205,15 +221,30 @@ class Ledger:
     # --- reading ------------------------------------------------------------------------------------------
 
     def commits(self, name: str) -> list[Commit]:
-        """Every commit of a judge name, read again only when the table has changed since the last read."""
+        """Every commit of a judge name, read again only when the table has changed since the last read.
+
+        Commit numbers are contiguous from 1, so a gap means a read missed a commit: measured with LanceDB
+        0.40 while purges rewrote rows in another process, an indexed read once returned a commit's
+        successors but not the commit. Then every commit is read again; a change is never checked or
+        replayed against a history with a hole in it.
+        """
         version = self.store.version
         cached = self._commits.get(name)
         if cached is not None and cached[0] == version:
             return cached[1]
         known = cached[1] if cached is not None else []
         # Read after the version: commits newer than it are read at the next check, never missed.
-        fresh = self.store.commits(name, after=known[-1].seq if known else 0)
-        commits = known + fresh
+        commits = known + self.store.commits(name, after=known[-1].seq if known else 0)
+        for _ in range(_REREAD_LIMIT):
+            if all(c.seq == n for n, c in enumerate(commits, start=1)):
+                break
+            log.warning("judge %r: commit numbers had a gap; reading every commit again", name)
+            commits = self.store.commits(name, after=0)
+        else:
+            raise StoreReadError(
+                f"Judge {name!r}: the store's commits read back with a gap {_REREAD_LIMIT} times; nothing was "
+                "changed. Call again; if it persists, run the store check (see the README)."
+            )
         self._commits[name] = (version, commits)
         return commits
 
@@ -330,7 +361,7 @@ class Ledger:
             assert head is not None
             if head.seq != state.seq:
                 between = [c for c in self.commits(name) if c.seq > state.seq]
-                if _overlaps(change, state.gen, between):
+                if _overlaps(change, state.gen, between) or not _fits(change, self.state(name)):
                     return None
             commit = self._record(name, head, gen=state.gen, txn=txn, change=change, who=who)
             rows = [replace(r, judge=name, gen=state.gen, txn=txn) for r in change.rows]
