@@ -261,14 +261,14 @@ def read_events(logs_dir: Path) -> list[dict[str, Any]]:
     return events
 
 
-def all_history(engine: MemAlignService) -> dict[int, dict[str, Any]]:
-    """Every memory version of the judge: version -> its change and summary."""
-    out: dict[int, dict[str, Any]] = {}
+def all_history(engine: MemAlignService) -> dict[int, list[dict[str, Any]]]:
+    """Every memory version of the judge: version -> the changes recorded under it (one, unless shared)."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     offset = 0
     while True:
         page = engine.judge_history(JUDGE, limit=500, offset=offset)
         for v in page.versions:
-            out[v.version] = {"change": v.change, **v.summary.model_dump()}
+            out[v.version].append({"change": v.change, **v.summary.model_dump()})
         offset += len(page.versions)
         if not page.versions or offset >= page.total:
             return out
@@ -350,10 +350,10 @@ def verify(data_dir: str, events: list[dict[str, Any]], seed_ids: list[str]) -> 
     history = all_history(engine)
     wrong_commit: list[dict[str, Any]] = []
     for e in writes:
-        entry = history.get(e["version"], {})
+        entries = history.get(e["version"], [])
         key = "feedback_added" if e["op"] == "add_feedback" else "feedback_removed"
-        if not set(e["ids"]) <= set(entry.get(key, [])):
-            wrong_commit.append({"op": e["op"], "ids": e["ids"], "version": e["version"], "commit": entry})
+        if not any(set(e["ids"]) <= set(entry[key]) for entry in entries):
+            wrong_commit.append({"op": e["op"], "ids": e["ids"], "version": e["version"], "commits": entries})
 
     stale_reads: list[dict[str, Any]] = []
     by_thread: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
@@ -379,8 +379,8 @@ def verify(data_dir: str, events: list[dict[str, Any]], seed_ids: list[str]) -> 
         "guidelines_citing_missing_items": citing_missing,
         "commit_numbers_held_by_several_commits": shared_seqs,
         "versions_told_to_several_writes": shared_versions,
-        "versions_not_holding_the_change": wrong_commit[:20],
-        "stale_reads": stale_reads[:20],
+        "versions_not_holding_the_change": len(wrong_commit),
+        "stale_reads": len(stale_reads),
     }
     # A check fails when it found anything (a non-empty list or mapping, a non-zero count) or is False.
     failed = [name for name, value in checks.items() if value is False or (value and value is not True)]
@@ -389,6 +389,7 @@ def verify(data_dir: str, events: list[dict[str, Any]], seed_ids: list[str]) -> 
         "failed": failed,
         "checks": checks,
         "duplication": duplicated,
+        "examples": {"versions_not_holding_the_change": wrong_commit[:20], "stale_reads": stale_reads[:20]},
         "counts": {
             "acknowledged_adds_items": len(acked_add),
             "acknowledged_removes_items": len(acked_remove),
@@ -457,7 +458,7 @@ def tables(result: dict[str, Any]) -> str:
     )
     out.append("| check | result |\n|---|---|")
     for name, value in v["checks"].items():
-        shown = value if isinstance(value, bool) else (len(value) if value else 0)
+        shown = value if isinstance(value, bool | int) else len(value)
         out.append(f"| {name} | {shown} |")
     out.append("\n| count | value |\n|---|---|")
     out.extend(
