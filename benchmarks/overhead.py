@@ -11,11 +11,12 @@ Measured, each as median (p50) and p99 over many runs:
 - restart: a fresh process from start to its first score on a judge with 10k items;
 - resident memory of a process holding the 100k-item store after a score.
 
-The stores are filled directly through MemoryStore.upsert with precomputed vectors (about 100 times faster
-than add_feedback, whose own cost is measured apart): every FeedbackQA question (train, valid, test) is
-embedded once with MiniLM, and item i of a judge takes question i mod N with its answer, a rater's rationale,
-and that question's vector plus small Gaussian noise (cosine about 0.97 to the original), renormalised. Rows go
-in 1,000 per upsert, as add_feedback's per-call limit would. Run from the repository root:
+The stores are filled through the engine's own ledger (`Ledger.change`, the one way to write) with precomputed
+vectors, skipping add_feedback's validation, embedding and distillation (whose cost is measured apart): every
+FeedbackQA question (train, valid, test) is embedded once with MiniLM, and item i of a judge takes question i
+mod N with its answer, a rater's rationale, and that question's vector plus small Gaussian noise (cosine about
+0.97 to the original), renormalised. Rows go in 1,000 per transaction, as add_feedback's per-call limit would,
+already distilled (not pending); the guidelines go in one more transaction. Run from the repository root:
 
     .venv/bin/python benchmarks/overhead.py
 
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import lancedb  # pyright: ignore[reportMissingTypeStubs]
 import numpy as np
 from numpy.typing import NDArray
 
@@ -50,8 +52,9 @@ from memalign_mcp.engine import make_client, open_engine
 from memalign_mcp.judge import VectorSnapshot
 from memalign_mcp.llm import Check, Completion, ModelClient
 from memalign_mcp.models import FeedbackInput, JudgeSpec
-from memalign_mcp.records import MemoryRow, Neighbour
+from memalign_mcp.records import MemoryRow, Neighbour, Summary
 from memalign_mcp.settings import Settings, load_settings
+from memalign_mcp.transaction import Change, Ledger, MemoryState
 from memalign_mcp.vote import memory_verdict
 from run_record import describe, percentile, run_record
 
@@ -67,6 +70,8 @@ CHUNK = 1000
 GUIDELINES = 20
 SOURCES_PER_GUIDELINE = 5
 Vectors = NDArray[np.float32]
+# The store's table (store.py keeps the name private); opened here only for the LanceDB search comparison.
+MEMORY_TABLE = "memory_v2"
 
 
 def log(message: str) -> None:
@@ -142,8 +147,19 @@ def _rationale(row: Row) -> str:
     return agreeing_rationale(row) if row.label is not None else (row.rationales[0] or "no rationale")
 
 
+def commit_rows(engine: MemAlignService, judge: str, change: Change) -> None:
+    """Commit one prepared change through the judge's ledger, as the engine's own writers do."""
+
+    def prepare(_: MemoryState) -> Change:
+        return change
+
+    commit, _ = engine.ledger.change(judge, prepare, who="overhead-fill")
+    if commit is None:
+        raise RuntimeError(f"filling {judge!r}: the ledger committed nothing")
+
+
 def fill(engine: MemAlignService, judge: str, n: int, bank: Bank, seed: int) -> list[str]:
-    """Create a judge and upsert n feedback rows and a few guidelines citing them; return the item ids."""
+    """Create a judge, commit n feedback rows and a few guidelines citing them; return the item ids."""
     engine.create_judge(JudgeSpec(name=judge, instructions=INSTRUCTIONS))
     rng = np.random.default_rng(seed)
     fields = engine.settings.embedding.embed_fields
@@ -175,9 +191,12 @@ def fill(engine: MemAlignService, judge: str, n: int, bank: Bank, seed: int) -> 
                     text=text_for_embedding(src.inputs, src.outputs, fields),
                     body=body,
                     content_hash=hashlib.sha256(item_id.encode()).hexdigest(),
+                    # Already distilled: the guidelines below stand for what distillation would have made.
+                    pending=False,
                 )
             )
-        engine.store.upsert(rows)
+        added = tuple(ids[start:stop])
+        commit_rows(engine, judge, Change(op="add", rows=rows, summary=Summary(feedback_added=added)))
     guidelines: list[MemoryRow] = []
     for g in range(GUIDELINES):
         cited = tuple(ids[(g * SOURCES_PER_GUIDELINE + s) * (n // (GUIDELINES * 5)) % n] for s in range(5))
@@ -191,8 +210,8 @@ def fill(engine: MemAlignService, judge: str, n: int, bank: Bank, seed: int) -> 
                 sources=cited,
             )
         )
-    engine.store.upsert(guidelines)
-    engine.store.bump_version(judge)
+    made = tuple(g.item_id for g in guidelines)
+    commit_rows(engine, judge, Change(op="distill", rows=guidelines, summary=Summary(guidelines_added=made)))
     return ids
 
 
@@ -252,30 +271,58 @@ def time_scores(
     }
 
 
-PER_SCORE = ("embed query", "judge row", "snapshot search", "fetch k rows", "vote")
-PER_VERSION = ("snapshot build", "guidelines read")
+PER_SCORE = ("embed query", "judge state", "snapshot search", "fetch k rows", "vote")
+PER_VERSION = ("state replay", "snapshot build")
+
+
+def snapshot_of(state: MemoryState, dim: int) -> VectorSnapshot:
+    """The vector snapshot the engine builds for a state (rows kept for judges the state holds whole)."""
+    rows = state.feedback_rows()
+    matrix = np.stack([r.vector for r in rows]) if rows else np.zeros((0, dim), np.float32)
+    return VectorSnapshot(
+        [r.item_id for r in rows], matrix, {r.item_id: r for r in rows} if state.whole else None
+    )
+
+
+def lancedb_search(uri: str, judge: str) -> Callable[[Vectors, int], int]:
+    """LanceDB's own flat cosine search over a judge's feedback rows, for comparison (score never uses it).
+
+    The benchmark opens the table itself because the engine no longer searches LanceDB at all. In a store
+    filled by `fill` every row is live (no removed or replaced versions), so the result is the same set.
+    """
+    db: Any = lancedb.connect(uri)
+    table: Any = db.open_table(MEMORY_TABLE)
+    where = f"judge = '{judge}' AND kind = 'feedback'"
+
+    def search(vector: Vectors, k: int) -> int:
+        query = table.search(vector, vector_column_name="vector").distance_type("cosine")
+        return int(query.where(where, prefilter=True).limit(k).to_arrow().num_rows)
+
+    return search
 
 
 def breakdown(engine: MemAlignService, judge: str, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Where one memory-judge score spends its time, step by step, each timed on its own.
 
-    Steps of every score, then steps done once per memory version (the first score after a change pays
-    them), then LanceDB's own vector search over the judge's rows for comparison (score does not use it).
+    Steps of every score, then steps done once per memory version: a process that has not read the judge
+    yet (a restart) replays all its commits, and the first score after any change builds the vector
+    snapshot. Then LanceDB's own vector search over the judge's rows for comparison (score does not use it).
     """
     steps: dict[str, list[float]] = {k: [] for k in (*PER_SCORE, *PER_VERSION, "LanceDB vector search")}
     fields = engine.settings.embedding.embed_fields
     spec, _ = engine.spec_and_version(judge)
     k = engine.k_for(spec)
-    snapshot = VectorSnapshot(*engine.store.feedback_vectors(judge))
+    snapshot = snapshot_of(engine.state(judge), engine.store.dim)
+    search = lancedb_search(engine.store.uri, judge)
     for number, (q, a) in enumerate(pairs):
         t0 = time.perf_counter()
         vector = engine.embedder.embed([text_for_embedding(q, a, fields)])[0]
         t1 = time.perf_counter()
-        engine.spec_and_version(judge)
+        state = engine.state(judge)
         t2 = time.perf_counter()
         best = snapshot.top(vector, k, set())
         t3 = time.perf_counter()
-        rows = engine.store.get(judge, "feedback", [i for i, _ in best])
+        rows = snapshot.rows or engine.ledger.whole_rows(state, [i for i, _ in best])
         t4 = time.perf_counter()
         memory_verdict(spec, [Neighbour(rows[i], s) for i, s in best], engine.settings.memory.vote_margin)
         t5 = time.perf_counter()
@@ -283,15 +330,15 @@ def breakdown(engine: MemAlignService, judge: str, pairs: Sequence[tuple[str, st
             steps[name].append(d)
         if number < 5:  # seconds each at 100k items: a few runs are enough
             t0 = time.perf_counter()
-            VectorSnapshot(*engine.store.feedback_vectors(judge))
+            replayed = Ledger(engine.store).state(judge)  # a fresh ledger: no commits or rows cached
             t1 = time.perf_counter()
-            engine.store.rows(judge, "guideline")
+            snapshot_of(replayed, engine.store.dim)
             t2 = time.perf_counter()
-            steps["snapshot build"].append(t1 - t0)
-            steps["guidelines read"].append(t2 - t1)
+            steps["state replay"].append(t1 - t0)
+            steps["snapshot build"].append(t2 - t1)
         if number < 50:
             t0 = time.perf_counter()
-            engine.store.nearest(judge, vector, k)
+            search(vector, k)
             steps["LanceDB vector search"].append(time.perf_counter() - t0)
     return {name: stats_ms(values) for name, values in steps.items()}
 
@@ -568,12 +615,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         judges = {n: f"fill-{n}" for n in args.sizes}
         for n, judge in judges.items():
             timed(f"filled {judge} ({n:,} rows)", lambda n=n, judge=judge: fill(big, judge, n, bank, seed=n))
-        store_rows = sum(big.store.count(j, k) for j in judges.values() for k in ("feedback", "guideline"))
+        store_rows = sum(len(s.feedback) + len(s.guidelines) for s in map(big.state, judges.values()))
         result["setup"] = {
             "how": (
                 f"One LanceDB table holding {store_rows:,} rows: judges with {', '.join(f'{n:,}' for n in args.sizes)} "
-                f"feedback items and {GUIDELINES} guidelines each, filled by MemoryStore.upsert in chunks of "
-                f"{CHUNK} with precomputed vectors ({len(bank.rows):,} FeedbackQA questions embedded once with "
+                f"feedback items and {GUIDELINES} guidelines each, committed through Ledger.change in transactions "
+                f"of {CHUNK} rows with precomputed vectors ({len(bank.rows):,} FeedbackQA questions embedded once with "
                 f"MiniLM; item i reuses question i mod {len(bank.rows):,}, its answer and rationale, and its vector "
                 f"plus Gaussian noise sigma {NOISE} per dimension, renormalised). Scored responses are real "
                 "FeedbackQA test questions and answers; the scripted model answers instantly."
@@ -621,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ids = timed(f"filled {judge}", lambda: fill(small, judge, args.remove_items, bank, seed=7))
         small.score(judge, *pairs[0])
 
-        guidelines = small.store.rows(judge, "guideline")
+        guidelines = small.state(judge).guideline_rows()
         cited = [g.sources[0] for g in guidelines]
         cited_set = {s for g in guidelines for s in g.sources}
         uncited = [i for i in ids if i not in cited_set]
@@ -648,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["restart"] = []
         for label, url in (("memory", None), ("openai/scripted", server.base_url)):
             rs = restarts(settings_for(small_dir, model_url=url), judge, pairs[2], runs=args.restarts)
-            result["restart"].append({"items": small.store.count(judge, "feedback"), **rs, "model": label})
+            result["restart"].append({"items": len(small.state(judge).feedback), **rs, "model": label})
         adds: list[dict[str, Any]] = []
         offset = 0
         for fields, plan in (("inputs", ((1, 50), (100, 10))), ("inputs+outputs", ((1, 20), (100, 3)))):
