@@ -14,6 +14,7 @@ from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedder
 from memalign_mcp.errors import InvalidInputError, SettingsError
 from memalign_mcp.llm import LiteLLMClient, LiteLLMEmbedder, ModelClient
+from memalign_mcp.migration import migrate_0_1
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
@@ -68,6 +69,7 @@ def open_engine(
         Path(uri).mkdir(parents=True, exist_ok=True)
     store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim)
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
+    migrate_0_1(store, service.ledger)
     for spec in read_judge_files(settings.judges_path()):
         # Made once per store: a judge an operator deleted or updated stays as the operator left it.
         try:

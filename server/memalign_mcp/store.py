@@ -156,6 +156,28 @@ class MemoryStore:
         """The table's version: it changes with every write by any process (a cheap check, ~0.2 ms locally)."""
         return int(self._memory.version)
 
+    # --- 0.1 stores ----------------------------------------------------------------------------------------
+
+    def legacy_judges(self) -> list[tuple[str, str, int, list[MemoryRow]]]:
+        """The judges of a 0.1 store (tables `judges` and `memory`): (name, spec JSON, version, rows)."""
+        if not {"judges", "memory"} <= self._table_names():
+            return []
+        judges = self._db.open_table("judges").to_arrow().to_pylist()
+        memory = self._db.open_table("memory").to_arrow().to_pylist()
+        out: list[tuple[str, str, int, list[MemoryRow]]] = []
+        for j in judges:
+            rows = [self._from_record(r | {"gen": "", "txn": ""}) for r in memory if r["judge"] == j["name"]]
+            out.append((j["name"], j["spec"], int(j["memory_version"]), rows))
+        return out
+
+    def drop_legacy_tables(self) -> None:
+        """Drop a migrated 0.1 store's tables, so that their rows (removed text included) are in no file."""
+        for name in ("judges", "memory"):
+            try:
+                self._db.drop_table(name)
+            except (ValueError, OSError, RuntimeError) as exc:  # another process dropped it first
+                log.info("0.1 table %r already gone: %s", name, exc)
+
     # --- the purge lease ----------------------------------------------------------------------------------
 
     def _lease(self) -> dict[str, Any] | None:

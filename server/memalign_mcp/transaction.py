@@ -394,29 +394,45 @@ class Ledger:
         )
 
     def create(
-        self, name: str, spec_json: str, *, who: str | None = None, only_if_new_name: bool = False
+        self,
+        name: str,
+        spec_json: str,
+        *,
+        who: str | None = None,
+        only_if_new_name: bool = False,
+        rows: Sequence[MemoryRow] = (),
+        version: int = 0,
     ) -> Commit | None:
         """Make a judge (a new generation at memory version 0); None if the name exists (or ever existed).
 
         `only_if_new_name` is for shipped judges: they are made once per store, so one an operator deleted
-        stays deleted.
+        stays deleted. `rows` and `version` carry a judge over from a 0.1 store in the same commit.
         """
         while True:
             head = self.head(name)
             if head is not None and (only_if_new_name or not head.deleted):
                 return None
+            gen, txn = uuid.uuid4().hex, uuid.uuid4().hex
+            puts: dict[Kind, list[str]] = {}
+            for r in rows:
+                puts.setdefault(r.kind, []).append(r.item_id)
             commit = Commit(
                 judge=name,
                 seq=(head.seq if head else 0) + 1,
-                gen=uuid.uuid4().hex,
-                txn=uuid.uuid4().hex,
-                version=0,
+                gen=gen,
+                txn=txn,
+                version=version,
                 op="create",
                 who=who,
                 created_at=datetime.now(UTC),
                 spec_json=spec_json,
+                puts={k: tuple(v) for k, v in puts.items()},
+                summary=Summary(
+                    feedback_added=tuple(puts.get("feedback", ())),
+                    guidelines_added=tuple(puts.get("guideline", ())),
+                ),
             )
-            if self.store.commit(commit, []):
+            if self.store.commit(commit, [replace(r, judge=name, gen=gen, txn=txn) for r in rows]):
                 return commit
 
     def delete(self, name: str, *, who: str | None = None) -> tuple[Commit, MemoryState]:
