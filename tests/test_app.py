@@ -326,6 +326,35 @@ async def test_remove_feedback_with_purge_says_the_text_is_erased(client: Client
     assert removed["purged"] is True
 
 
+async def test_history_diff_rollback_and_scoring_an_old_version_over_mcp(client: Client) -> None:
+    await make_judge(client, "history")
+    items = [RUDE | {"rationale": "Rude.", "id": "h-1"}, KIND | {"rationale": "Kind.", "id": "h-2"}]
+    added = await ok(client, "add_feedback", judge="history", feedback=items)
+    removed = await ok(client, "remove_feedback", judge="history", feedback_ids=["h-1"])
+    history = await ok(client, "judge_history", judge="history", limit=2)
+    assert [v["version"] for v in history["versions"]] == [removed["judge_version"], added["judge_version"]]
+    assert history["versions"][0]["summary"]["feedback_removed"] == ["h-1"]
+    assert history["versions"][1]["summary"]["feedback_added"] == ["h-1", "h-2"]
+    diff = await ok(
+        client,
+        "diff_judge",
+        judge="history",
+        from_version=added["judge_version"],
+        to_version=removed["judge_version"],
+    )
+    assert diff["feedback_removed"] == ["h-1"]
+    then = await ok(client, "score_response", judge="history", version=added["judge_version"], **RUDE)
+    assert "h-1" in then["examples_used"]
+    assert then["judge_version"] == added["judge_version"]
+    rolled = await ok(client, "rollback_judge", judge="history", version=added["judge_version"])
+    assert rolled["judge_version"] == removed["judge_version"] + 1
+    page = await ok(client, "list_feedback", judge="history")
+    assert sorted(f["id"] for f in page["feedback"]) == ["h-1", "h-2"]
+    too_new = await refused(client, "score_response", judge="history", version=99, **RUDE)
+    assert "version" in too_new
+    assert "99" in too_new
+
+
 async def test_remove_feedback_refuses_an_empty_list(client: Client) -> None:
     await make_judge(client, "empty-ids")
     text = await refused(client, "remove_feedback", judge="empty-ids", feedback_ids=[])

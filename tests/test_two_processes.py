@@ -265,3 +265,36 @@ def test_a_writer_killed_at_random_moments_loses_nothing_acknowledged(tmp_path: 
     _no_influence(fresh, absent)
     again = open_worker_engine(str(tmp_path)).state(JUDGE)
     assert set(again.feedback) == set(state.feedback)
+
+
+def test_a_change_that_fails_at_its_commit_is_invisible_to_a_reader_in_another_process(
+    tmp_path: Path,
+) -> None:
+    here = open_worker_engine(str(tmp_path))
+    here.add_feedback(JUDGE, ALIGNMENT)
+    with worker(tmp_path) as reader:
+        reader.call("get_judge", name=JUDGE)
+        before = reader.read()
+        assert before is not None
+        assert before.startswith("OK ")
+        commit = here.store.commit
+
+        def failing(*args: Any, **kwargs: Any) -> bool:
+            raise OSError("injected: the disk went away during the commit")
+
+        here.store.commit = failing  # type: ignore[method-assign]  # a fault at the one write of a change
+        try:
+            here.remove_feedback(JUDGE, ["sweater"])
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the injected failure did not reach the caller")
+        reader.call("get_judge", name=JUDGE)
+        assert reader.read() == before  # same version, same counts: nothing of the failed change is seen
+        here.store.commit = commit  # type: ignore[method-assign]
+        removed = here.remove_feedback(JUDGE, ["sweater"])
+        reader.call("get_judge", name=JUDGE)
+        after = reader.read()
+        assert after is not None
+        assert json.loads(after[3:])["memory_version"] == removed.judge_version
+        assert json.loads(after[3:])["feedback_count"] == len(ALIGNMENT) - 1
