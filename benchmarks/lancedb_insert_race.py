@@ -28,11 +28,12 @@ import lancedb  # pyright: ignore[reportMissingTypeStubs]
 import pyarrow as pa
 from lancedb.index import BTree  # pyright: ignore[reportMissingTypeStubs]
 
-VARIANTS = ("no index", "btree", "btree+optimize")
+# "btree, merge without index": the index exists but the merge is told not to use it (what MemoryStore.commit does).
+VARIANTS = ("no index", "btree", "btree+optimize", "btree, merge without index")
 SCHEMA: Any = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("who", pa.string())])
 
 
-def writer(uri: str, me: str, keys: list[str], out: str, start: float) -> None:
+def writer(uri: str, me: str, keys: list[str], out: str, start: float, use_index: bool) -> None:
     """Insert-if-absent each key once, together with a unique row; write the keys this writer was told it won."""
     db: Any = lancedb.connect(uri, read_consistency_interval=timedelta(0))
     table: Any = db.open_table("t")
@@ -44,6 +45,7 @@ def writer(uri: str, me: str, keys: list[str], out: str, start: float) -> None:
         result = (
             table.merge_insert("id")
             .when_not_matched_insert_all()
+            .use_index(use_index)
             .execute(pa.Table.from_pylist(rows, schema=SCHEMA))
         )
         if int(result.num_inserted_rows) == len(rows):
@@ -69,7 +71,10 @@ def race(variant: str, processes: int, keys: int) -> dict[str, Any]:
     start = time.time() + 3.0
     outs = [f"{tmp}/won-{i}.json" for i in range(processes)]
     workers = [
-        context.Process(target=writer, args=(tmp, f"p{i}", contested, outs[i], start))
+        context.Process(
+            target=writer,
+            args=(tmp, f"p{i}", contested, outs[i], start, variant != "btree, merge without index"),
+        )
         for i in range(processes)
     ]
     for w in workers:

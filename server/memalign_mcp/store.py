@@ -323,10 +323,11 @@ class MemoryStore:
         query = self._memory.search().where(where).select(_DATA_COLUMNS).limit(None)
         out: list[MemoryRow] = []
         for batch in query.to_batches():
-            flat = batch.column("vector").values.to_numpy(zero_copy_only=False)
-            vectors = np.asarray(flat, dtype=np.float32).reshape(-1, self.dim)
-            for i, rec in enumerate(batch.drop_columns(["vector"]).to_pylist()):
-                out.append(self._from_record(rec | {"judge": judge, "vector": vectors[i]}))
+            out.extend(
+                self._rows_of(
+                    pa.Table.from_batches([batch]).append_column("judge", pa.array([judge] * batch.num_rows))
+                )
+            )
         return guidelines + out
 
     def rows_by_key(self, keys: Iterable[str]) -> dict[str, MemoryRow]:
@@ -468,8 +469,14 @@ class MemoryStore:
     # --- conversion ---------------------------------------------------------------------------------------
 
     def _select(self, where: str) -> list[MemoryRow]:
-        records = self._memory.search().where(where).limit(None).to_arrow().to_pylist()
-        return [self._from_record(r) for r in records]
+        return self._rows_of(self._memory.search().where(where).limit(None).to_arrow())
+
+    def _rows_of(self, table: Any) -> list[MemoryRow]:
+        """Rows from an Arrow table; the vectors as one matrix (row views), not 384 Python floats each."""
+        flat = table.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)
+        vectors = np.asarray(flat, dtype=np.float32).reshape(-1, self.dim)
+        records = table.drop_columns(["vector"]).to_pylist()
+        return [self._from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
 
     def _commit_record(self, c: Commit) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary
@@ -60,6 +61,10 @@ class JudgeGoneError(MemAlignError):
     """The judge was deleted (or deleted and made again) while a change to it was being prepared."""
 
 
+def _age(row: MemoryRow) -> tuple[float, str]:
+    return (row.created_at.timestamp(), row.item_id)
+
+
 @dataclass(frozen=True)
 class MemoryState:
     """A judge's memory as of one commit: its spec, feedback, guidelines and which feedback is pending."""
@@ -77,13 +82,22 @@ class MemoryState:
     # Items this state holds whose rows were purged since (only an older state can have any).
     missing: frozenset[ItemKey] = frozenset()
 
+    @cached_property
+    def _guidelines_in_order(self) -> list[MemoryRow]:
+        return sorted(self.guidelines.values(), key=_age)
+
+    @cached_property
+    def _feedback_in_order(self) -> list[MemoryRow]:
+        # Sorted once per state: comparing 100k aware datetimes takes a while, and every page would pay it.
+        return sorted(self.feedback.values(), key=_age)
+
     def guideline_rows(self) -> list[MemoryRow]:
         """The guidelines, oldest first."""
-        return sorted(self.guidelines.values(), key=lambda r: (r.created_at, r.item_id))
+        return list(self._guidelines_in_order)
 
     def feedback_rows(self) -> list[MemoryRow]:
         """The feedback items, oldest first."""
-        return sorted(self.feedback.values(), key=lambda r: (r.created_at, r.item_id))
+        return list(self._feedback_in_order)
 
 
 @dataclass
