@@ -83,6 +83,7 @@ class MemoryStore:
         self.dim = self._check_meta(embedding_dim)
         self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
         self._writes = 0
+        self._held = threading.local()  # the lease this thread holds, if any (see exclusive)
         self._index_memory(only_missing=True)
 
     # --- layout -------------------------------------------------------------------------------------------
@@ -193,13 +194,14 @@ class MemoryStore:
         return lease["txn"] if time.time() < float(json.loads(lease["body"])["expires"]) else None
 
     def wait_for_lease(self) -> None:
-        """Wait while a purge lease is active (bounded by its expiry): every writer honours purges."""
-        while self.lease_holder() is not None:
+        """Wait while another's lease is active (bounded by its expiry): every writer honours it."""
+        mine = getattr(self._held, "holder", None)
+        while (holder := self.lease_holder()) is not None and holder != mine:
             time.sleep(_LEASE_POLL_S)
 
     @contextmanager  # pyright: ignore[reportDeprecated]  # the typeshed deprecation is for generator-less uses
     def exclusive(self) -> Iterator[None]:
-        """Hold the purge lease: every writer of every process waits until it is released (or expires).
+        """Hold the lease: every writer of every process (this thread aside) waits until it is released.
 
         Purge prunes every old version, which fails any write still working from one, and it judges rows
         without a commit to be orphans, which is true only while no write is half-way. So erasure runs alone.
@@ -207,6 +209,9 @@ class MemoryStore:
         so that a purge killed half-way blocks nobody for long; after taking it, purge waits out one fence so
         that writes which checked before it finish first. It needs no file lock, so it holds on object storage.
         """
+        if getattr(self._held, "holder", None) is not None:
+            yield  # this thread holds it already
+            return
         holder = uuid.uuid4().hex
         while True:
             self.wait_for_lease()
@@ -224,10 +229,12 @@ class MemoryStore:
             )
             if int(result.num_inserted_rows) == 1:
                 break
+        self._held.holder = holder
         try:
             time.sleep(_LEASE_FENCE_S)
             yield
         finally:
+            self._held.holder = None
             self._retry(lambda: self._memory.delete(f"id = {_q(_LEASE)} AND txn = {_q(holder)}"))
 
     def commit(self, commit: Commit, rows: Sequence[MemoryRow]) -> bool:

@@ -47,6 +47,7 @@ ROWS_IN_MEMORY = 20_000
 # How many times a change is prepared again after commits of others overlapped it.
 _REDO_LIMIT = 12
 _REREAD_LIMIT = 3
+_ALONE_AFTER = 3  # attempts before a change takes the lease and runs alone
 
 
 class ConflictError(MemAlignError):
@@ -340,32 +341,47 @@ class Ledger:
         Raises whatever `prepare` raises (nothing is stored then), JudgeGoneError if the judge is deleted or
         replaced meanwhile, ConflictError after _REDO_LIMIT overlapping commits of others.
         """
-        pinned: str | None = None
+        pinned: list[str] = []
         for attempt in range(_REDO_LIMIT):
-            state = self.state(name)
-            if pinned is not None and state.gen != pinned:
-                raise JudgeGoneError(
-                    f"Judge {name!r} was deleted (and perhaps made again) while this call ran; nothing of the "
-                    "call was stored. Call list_judges, then call again if the judge is the one you meant."
-                )
-            pinned = state.gen
-            change = prepare(state)
-            if change is None or change.empty():
-                return None, state
-            self._step(name, f"{change.op}:prepared")
-            commit = self._commit(name, state, change, who)
-            if commit is not None:
-                self._step(name, f"{change.op}:committed")
-                return commit, state
-            log.info(
-                "judge %r changed meanwhile in ways this %s depends on; preparing again", name, change.op
-            )
+            if attempt < _ALONE_AFTER:
+                done = self._attempt(name, prepare, who, pinned)
+            else:
+                # Overlapped again and again by busier writers: run alone under the lease, which every
+                # writer waits for, so a slow change (a model call) is never starved by fast ones.
+                with self.store.exclusive():
+                    done = self._attempt(name, prepare, who, pinned)
+            if done is not None:
+                return done
             # Jittered backoff: two writers that keep overlapping must not keep colliding in lockstep.
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
         raise ConflictError(
             f"Judge {name!r} was changed by other callers {_REDO_LIMIT} times while this call was being "
             "prepared; nothing of it was stored. Call again."
         )
+
+    def _attempt(
+        self, name: str, prepare: Prepare, who: str | None, pinned: list[str]
+    ) -> tuple[Commit | None, MemoryState] | None:
+        """Prepare once and try to commit; None when commits of others overlapped it (prepare again)."""
+        state = self.state(name)
+        if pinned and state.gen != pinned[0]:
+            raise JudgeGoneError(
+                f"Judge {name!r} was deleted (and perhaps made again) while this call ran; nothing of the "
+                "call was stored. Call list_judges, then call again if the judge is the one you meant."
+            )
+        pinned[:] = [state.gen]
+        change = prepare(state)
+        if change is None or change.empty():
+            return None, state
+        self._step(name, f"{change.op}:prepared")
+        commit = self._commit(name, state, change, who)
+        if commit is None:
+            log.info(
+                "judge %r changed meanwhile in ways this %s depends on; preparing again", name, change.op
+            )
+            return None
+        self._step(name, f"{change.op}:committed")
+        return commit, state
 
     def _commit(self, name: str, state: MemoryState, change: Change, who: str | None) -> Commit | None:
         """Commit on top of the latest head; None when commits since `state` overlap the change."""
@@ -381,7 +397,25 @@ class Ledger:
             rows = [replace(r, judge=name, gen=state.gen, txn=txn) for r in change.rows]
             self._step(name, f"{change.op}:writing")
             if self.store.commit(commit, rows):
+                self._remember(name, commit, rows)
                 return commit
+
+    def _remember(self, name: str, commit: Commit, rows: list[MemoryRow]) -> None:
+        """Apply our own commit to the caches, so the next read of the judge need not read it back.
+
+        Only when the caches were exactly one commit behind; their table version is left as it was, so the
+        next read still asks the store for anything committed after ours.
+        """
+        cached = self._commits.get(name)
+        if cached is not None and cached[1] and cached[1][-1].seq == commit.seq - 1:
+            self._commits[name] = (cached[0], [*cached[1], commit])
+        state = self._states.get(name)
+        if state is not None and state.gen == commit.gen and state.seq == commit.seq - 1:
+            state = _apply(state, [commit], {commit.txn: rows})
+            if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
+                self._states.pop(name, None)  # past the budget: the next read rebuilds it with vectors only
+            else:
+                self._states[name] = state
 
     @staticmethod
     def _record(name: str, head: Commit, *, gen: str, txn: str, change: Change, who: str | None) -> Commit:
