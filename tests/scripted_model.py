@@ -37,6 +37,14 @@ class ChatCall:
     schema: dict[str, Any] | None
     raw_body: dict[str, Any]
 
+    @property
+    def format_type(self) -> str | None:
+        """The request's response_format type: "json_schema", "json_object", or None when it asked for none."""
+        response_format = self.raw_body.get("response_format")
+        return (
+            cast(dict[str, Any], response_format).get("type") if isinstance(response_format, dict) else None
+        )
+
     def prompt_text(self) -> str:
         """All message contents joined by blank lines, for asserting on what the model was shown."""
         return "\n\n".join(_content_text(message.get("content")) for message in self.messages)
@@ -58,7 +66,15 @@ class ScriptedError:
     message: str = "scripted failure"
 
 
-Reply = str | dict[str, Any] | ScriptedError
+@dataclass(frozen=True)
+class ScriptedReply:
+    """A completion with a chosen finish_reason ("length": cut off at the token limit)."""
+
+    content: str | dict[str, Any]
+    finish_reason: str = "stop"
+
+
+Reply = str | dict[str, Any] | ScriptedError | ScriptedReply
 Script = Callable[[ChatCall], Reply]
 
 
@@ -171,6 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, ScriptedError):
             self._send_json(reply.status, _error_body(reply.message, "scripted_error"))
             return
+        finish_reason = "stop"
+        if isinstance(reply, ScriptedReply):
+            reply, finish_reason = reply.content, reply.finish_reason
         content = reply if isinstance(reply, str) else json.dumps(reply)
         prompt_tokens = rough_tokens(call.prompt_text())
         completion_tokens = rough_tokens(content)
@@ -185,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
+                        "finish_reason": finish_reason,
                     }
                 ],
                 "usage": {
