@@ -224,3 +224,16 @@ def test_a_bad_request_unrelated_to_the_format_is_not_a_fallback(server: Scripte
         ask(make_client(server))
 
     assert len(server.calls) == 1
+
+
+def test_one_prose_reply_where_the_schema_mode_has_worked_does_not_abandon_it(
+    server: ScriptedModelServer,
+) -> None:
+    server.script = queue_script([GOOD, "Let me think about it first.", GOOD])
+    client = make_client(server)
+
+    ask(client)
+    ask(client)
+
+    assert [call.format_type for call in server.calls] == ["json_schema", "json_schema", "json_schema"]
+    assert client.response_mode(MODEL) == "json_schema"

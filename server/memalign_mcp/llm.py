@@ -160,7 +160,8 @@ class LiteLLMClient:
         self._retrier = Retrier(max_retries, retry_backoff_s, timeout_s)
         self._first_calls_done: set[str] = set()
         self._first_call_lock = threading.Lock()
-        self._modes: dict[tuple[str | None, str], ResponseMode] = {}
+        # Per (api_base, model): the mode to ask in, and whether a usable reply has come back in it.
+        self._modes: dict[tuple[str | None, str], tuple[ResponseMode, bool]] = {}
         self._modes_lock = threading.Lock()
 
     @classmethod
@@ -181,14 +182,15 @@ class LiteLLMClient:
 
     def response_mode(self, model: str) -> ResponseMode:
         """How structured output is asked of `model` at this client's api_base (what last worked)."""
-        with self._modes_lock:
-            return self._modes.get((self.api_base, model), "json_schema")
+        return self._mode(model)[0]
 
-    def _fall_back(self, model: str, mode: ResponseMode) -> ResponseMode:
-        plainer = next_mode(mode)
+    def _mode(self, model: str) -> tuple[ResponseMode, bool]:
         with self._modes_lock:
-            self._modes[(self.api_base, model)] = plainer
-        return plainer
+            return self._modes.get((self.api_base, model), ("json_schema", False))
+
+    def _remember(self, model: str, mode: ResponseMode, *, worked: bool) -> None:
+        with self._modes_lock:
+            self._modes[(self.api_base, model)] = (mode, worked)
 
     def complete_json(
         self,
@@ -212,7 +214,7 @@ class LiteLLMClient:
         options["max_tokens"] = max_tokens
 
         tally = Tally()
-        mode = self.response_mode(model)
+        mode, confirmed = self._mode(model)
         corrective: list[dict[str, str]] = []
         replies = 0
         while True:
@@ -232,20 +234,22 @@ class LiteLLMClient:
                 if mode == "prompt":
                     raise
                 tally.attempts += exc.attempts
-                mode = self._fall_back(model, mode)
+                # A refusal is the server's answer for every request of this shape: later calls skip it.
+                mode, confirmed = next_mode(mode), False
+                self._remember(model, mode, worked=False)
                 continue
             tally.add(response, tries)
             replies += 1
             content, finish_reason = first_choice(response)
             reading = read_reply(content, finish_reason, schema, check)
             if reading.data is not None:
-                with self._modes_lock:
-                    self._modes[(self.api_base, model)] = mode
+                self._remember(model, mode, worked=True)
                 return tally.completion(reading.data, model)
-            if reading.kind == "no_json" and not reading.cut_off and mode != "prompt":
-                # Prose back despite response_format: the server ignores it, so the retry (and every later
-                # call) describes the schema in the prompt instead.
-                mode = self._fall_back(model, mode)
+            if reading.kind == "no_json" and not reading.cut_off and mode != "prompt" and not confirmed:
+                # Prose back despite response_format, which has never worked here: the server ignores it, so
+                # the retry describes the schema in the prompt. Where the mode has worked before, prose is
+                # this reply's fault, not the server's, and the mode stays.
+                mode = next_mode(mode)
             if replies >= _REPLY_TRIES:
                 raise ModelError(
                     f"Model {model!r} gave no usable answer in {replies} tries; last time {reading.problem}. "
