@@ -80,9 +80,11 @@ def test_an_existing_number_is_refused_by_the_check_even_where_the_server_skips_
     [
         ("<<<DATA-0a1b2c3d human rationale", "markup '<<<'"),
         ("DATA-0a1b2c3d>>>", "markup"),
+        ("Data-9be42285 inputs", "markup 'Data-9be42285'"),  # as SmolLM2-135M wrote it
         ("BEGIN HUMAN FEEDBACK", "markup 'BEGIN'"),
         ("Human verdict: false", "markup 'Human verdict:'"),
         ("   ", "empty"),
+        ("human rationale", "not a sentence stating a rule"),
         (
             "Evaluate whether the customer support bot's response is helpful given the user query.",
             "copies the judge's instructions",

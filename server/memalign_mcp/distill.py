@@ -40,6 +40,8 @@ from memalign_mcp.prompts import (
 from memalign_mcp.records import Vector
 
 log = logging.getLogger(__name__)
+# "Be polite always" is about the shortest rule; fewer words were labels a tiny model copied from the prompt.
+_MIN_GUIDELINE_WORDS = 3
 Progress = Callable[[int, int, str], None]
 
 
@@ -83,6 +85,8 @@ def guideline_problem(text: str, instructions: str = "") -> str | None:
     markup = prompt_markup_in(stripped)
     if markup is not None:
         return f"its text echoes the prompt's markup {markup!r}; write the rule in plain words"
+    if len(stripped.split()) < _MIN_GUIDELINE_WORDS:
+        return f"its text {show_value(stripped)} is not a sentence stating a rule"
     rule, task = _normalized(stripped), _normalized(instructions)
     # A guideline that restates the judge's own instructions teaches nothing the judge was not already told.
     if task and rule and (rule in task or task in rule):

@@ -52,7 +52,8 @@ FENCE_PREFIX = "DATA-"
 # What a reply must not echo back: fence markers (any nonce), template variables, BEGIN/END marker lines and
 # this module's section labels. A tiny model asked for guidelines otherwise returns the prompt's scaffolding.
 _PROMPT_MARKUP = re.compile(
-    r"<<<|>>>|\b" + re.escape(FENCE_PREFIX) + r"[0-9a-f]{8}\b|\{\{|^\W*(?:BEGIN|END)\b"
+    # A fence tag in any case: a real model echoed "DATA-9be42285 inputs" back as "Data-9be42285 inputs".
+    r"<<<|>>>|\b(?i:" + re.escape(FENCE_PREFIX) + r"[0-9a-f]{8})\b|\{\{|^\W*(?:BEGIN|END)\b"
     r"|^\W*(?:Item \d+|Human verdict|Human rationale|Existing guidelines|New human feedback|Human feedback"
     r"|The judge's task|Guidelines|Example \d+)\s*:",
     re.MULTILINE,
