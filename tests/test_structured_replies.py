@@ -237,3 +237,15 @@ def test_one_prose_reply_where_the_schema_mode_has_worked_does_not_abandon_it(
 
     assert [call.format_type for call in server.calls] == ["json_schema", "json_schema", "json_schema"]
     assert client.response_mode(MODEL) == "json_schema"
+
+
+def test_json_that_never_fits_blames_the_model_not_the_structured_output_support(
+    server: ScriptedModelServer,
+) -> None:
+    server.script = lambda call: {"reason": "fine", "verdict": "maybe"}
+
+    with pytest.raises(ModelError) as raised:
+        ask(make_client(server))
+
+    assert "more capable model" in str(raised.value)
+    assert "structured output" not in str(raised.value)

@@ -34,6 +34,7 @@ from memalign_mcp.model_transport import SETTINGS_HINT, FormatRefusedError, Retr
 from memalign_mcp.replies import (
     Check,
     Completion,
+    Reading,
     ResponseMode,
     Tally,
     correction,
@@ -253,7 +254,7 @@ class LiteLLMClient:
             if replies >= _REPLY_TRIES:
                 raise ModelError(
                     f"Model {model!r} gave no usable answer in {replies} tries; last time {reading.problem}. "
-                    + _no_answer_hint(reading.cut_off, schema_name, max_tokens)
+                    + _no_answer_hint(reading, schema_name, max_tokens)
                 )
             corrective = correction(content, reading, schema_name=schema_name, max_tokens=max_tokens)
 
@@ -280,11 +281,16 @@ class LiteLLMClient:
                 self._first_calls_done.add(model)
 
 
-def _no_answer_hint(cut_off: bool, schema_name: str, max_tokens: int) -> str:
-    if cut_off:
+def _no_answer_hint(reading: Reading, schema_name: str, max_tokens: int) -> str:
+    if reading.cut_off:
         return (
             f"Replies for {schema_name!r} may take {max_tokens} tokens (the max_tokens_* settings in the [model] "
             "section); a model that keeps repeating itself needs a better model, not a higher limit."
+        )
+    if reading.kind == "invalid":
+        return (
+            "The model answered in JSON but not usably; a more capable model may do better (MEMALIGN_MODEL, "
+            "MEMALIGN_REFLECTION_MODEL, or the judge's model)."
         )
     return (
         "Try again, or choose a model that follows JSON-schema structured output "
