@@ -146,6 +146,33 @@ def refuses_json_schema(call: ChatCall) -> Reply:
     return ScriptedError(400, REFUSAL) if call.format_type == "json_schema" else GOOD
 
 
+def test_a_strict_mode_that_refuses_length_limits_gets_the_schema_without_them_and_we_still_check_them(
+    server: ScriptedModelServer,
+) -> None:
+    server.script = queue_script(
+        [
+            ScriptedError(400, "Invalid schema for response_format 'verdict': 'maxLength' is not permitted."),
+            {"reason": "polite " * 30, "verdict": "yes"},
+            GOOD,
+            GOOD,
+        ]
+    )
+    client = make_client(server)
+
+    first = ask(client)
+    ask(client)
+
+    assert first.data == GOOD
+    sent = [call.schema for call in server.calls]
+    assert [call.format_type for call in server.calls] == ["json_schema"] * 4
+    assert "maxLength" in json.dumps(sent[0])
+    assert all("maxLength" not in json.dumps(schema) for schema in sent[1:])
+    assert sent[1] is not None
+    assert sent[1]["properties"]["verdict"]["enum"] == ["yes", "no"]  # the shape is kept, only limits go
+    assert "at most 80 are allowed" in server.calls[2].messages[-1]["content"]
+    assert client.response_mode(MODEL) == "json_schema_basic"
+
+
 def test_a_server_that_refuses_json_schema_gets_json_mode_and_later_calls_go_straight_there(
     server: ScriptedModelServer,
 ) -> None:
@@ -156,11 +183,12 @@ def test_a_server_that_refuses_json_schema_gets_json_mode_and_later_calls_go_str
     second = ask(client)
 
     assert first.data == second.data == GOOD
-    assert [call.format_type for call in server.calls] == ["json_schema", "json_object", "json_object"]
-    assert first.attempts == 2
+    kinds = [call.format_type for call in server.calls]
+    assert kinds == ["json_schema", "json_schema", "json_object", "json_object"]
+    assert first.attempts == 3
     assert second.attempts == 1
     # JSON mode carries no schema, so the prompt describes it; the reply is still validated against it.
-    assert '"maxLength":80' in server.calls[1].messages[0]["content"]
+    assert '"maxLength":80' in server.calls[2].messages[0]["content"]
     assert client.response_mode(MODEL) == "json_object"
 
 
@@ -170,7 +198,13 @@ def test_a_server_that_refuses_both_formats_is_asked_in_the_prompt_alone(server:
 
     assert ask(client).data == GOOD
     assert ask(client).data == GOOD
-    assert [call.format_type for call in server.calls] == ["json_schema", "json_object", None, None]
+    assert [call.format_type for call in server.calls] == [
+        "json_schema",
+        "json_schema",
+        "json_object",
+        None,
+        None,
+    ]
     assert "response_format" not in server.calls[-1].raw_body
     assert "JSON Schema" in server.calls[-1].messages[0]["content"]
 
@@ -183,7 +217,7 @@ def test_the_remembered_mode_is_per_endpoint_and_model(server: ScriptedModelServ
 
     client.complete_json(model="openai/other", messages=MESSAGES, schema_name="verdict", schema=SCHEMA)
 
-    assert [call.format_type for call in server.calls] == ["json_schema", "json_object"]
+    assert [call.format_type for call in server.calls] == ["json_schema", "json_schema", "json_object"]
 
 
 def test_a_server_that_ignores_response_format_gets_the_schema_in_the_prompt(

@@ -9,10 +9,11 @@ what to check.
 Every completion carries `max_tokens`, chosen by the reply schema's name. A reply that is unusable (empty, cut
 off at the token limit, not JSON, out of schema, refused by the caller's `check`) is asked for once more, with
 the bad reply and what was wrong appended, so the retry never repeats the request that failed. A server that
-refuses `response_format` (HTTP 400) or ignores it (prose back) gets JSON mode, then the schema in the prompt
-alone; the mode that worked is remembered per (api_base, model) for the client's lifetime. Transport retries
-live in `model_transport.py`; litellm's own `num_retries` is not used because in this environment it needs
-`tenacity`, which is not installed, and its wrapper would hide how many requests were made.
+refuses `response_format` (HTTP 400) gets the schema without its length limits, then JSON mode, then the
+schema in the prompt alone; one that ignores it (prose back) gets JSON mode with the schema in the prompt. The
+mode that worked is remembered per (api_base, model) for the client's lifetime. Transport retries live in
+`model_transport.py`; litellm's own `num_retries` is not used because in this environment it needs `tenacity`,
+which is not installed, and its wrapper would hide how many requests were made.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from memalign_mcp.replies import (
     correction,
     first_choice,
     messages_for,
+    mode_after_prose,
     next_mode,
     read_reply,
     response_format,
@@ -250,7 +252,7 @@ class LiteLLMClient:
                 # Prose back despite response_format, which has never worked here: the server ignores it, so
                 # the retry describes the schema in the prompt. Where the mode has worked before, prose is
                 # this reply's fault, not the server's, and the mode stays.
-                mode = next_mode(mode)
+                mode = mode_after_prose(mode)
             if replies >= _REPLY_TRIES:
                 raise ModelError(
                     f"Model {model!r} gave no usable answer in {replies} tries; last time {reading.problem}. "

@@ -1,7 +1,8 @@
 """Structured replies: asking a chat model for one JSON object of a schema, and reading what it said.
 
-This module owns the text side of structured output, with no I/O: the three ways of asking (`json_schema`
-structured output, JSON mode with the schema in the prompt, the schema in the prompt alone), finding the JSON
+This module owns the text side of structured output, with no I/O: the four ways of asking (`json_schema`
+structured output; the same without length and range limits, which some providers' strict mode refuses; JSON
+mode with the schema in the prompt; the schema in the prompt alone), finding the JSON
 object in a reply (bare, fenced in markdown, or wrapped in prose), validating it against the same schema in
 every mode (the length limits included), and the corrective message that makes a retry differ from the request
 that failed. It never invents a value: a reply either fits, or is refused with the reason.
@@ -14,17 +15,20 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from memalign_mcp.errors import show_value
 
 Check = Callable[[dict[str, Any]], None]
 Messages = list[dict[str, str]]
-ResponseMode = Literal["json_schema", "json_object", "prompt"]
+ResponseMode = Literal["json_schema", "json_schema_basic", "json_object", "prompt"]
 ProblemKind = Literal["empty", "no_json", "invalid"]
 
 # From the strictest to the plainest; a server that refuses or ignores one mode gets the next.
-MODES: tuple[ResponseMode, ...] = ("json_schema", "json_object", "prompt")
+MODES: tuple[ResponseMode, ...] = ("json_schema", "json_schema_basic", "json_object", "prompt")
+# Keywords left out in json_schema_basic: strict modes that compile the schema may refuse them (Azure names
+# maxLength as an example). They are still checked here on every reply.
+_LIMIT_KEYWORDS = frozenset({"maxLength", "minLength", "maxItems", "minItems", "minimum", "maximum"})
 _FENCED = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.DOTALL)
 _MAX_CANDIDATES = 20
 _ECHOED_REPLY_CHARS = 600
@@ -122,14 +126,31 @@ class Reading:
 
 
 def next_mode(mode: ResponseMode) -> ResponseMode:
-    """The plainer mode to fall back to (prompt-only is the last)."""
+    """The plainer mode to fall back to when a server refuses this one (prompt-only is the last)."""
     return MODES[min(MODES.index(mode) + 1, len(MODES) - 1)]
+
+
+def mode_after_prose(mode: ResponseMode) -> ResponseMode:
+    """The mode to try when prose came back: a server that ignores a JSON schema ignores a smaller one too."""
+    return "json_object" if mode in ("json_schema", "json_schema_basic") else "prompt"
+
+
+def without_limits(schema: Any) -> Any:
+    """The schema with every length and range keyword removed, at any depth."""
+    if isinstance(schema, dict):
+        return {
+            k: without_limits(v) for k, v in cast(dict[str, Any], schema).items() if k not in _LIMIT_KEYWORDS
+        }
+    if isinstance(schema, list):
+        return [without_limits(v) for v in cast(list[Any], schema)]
+    return schema
 
 
 def response_format(mode: ResponseMode, schema_name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     """The `response_format` request field for a mode (None: the request carries none)."""
-    if mode == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+    if mode in ("json_schema", "json_schema_basic"):
+        sent = schema if mode == "json_schema" else without_limits(schema)
+        return {"type": "json_schema", "json_schema": {"name": schema_name, "schema": sent, "strict": True}}
     if mode == "json_object":
         return {"type": "json_object"}
     return None
@@ -139,7 +160,7 @@ def messages_for(
     mode: ResponseMode, messages: Messages, schema_name: str, schema: dict[str, Any]
 ) -> Messages:
     """The messages to send in a mode: without json_schema, the schema is described in the system message."""
-    if mode == "json_schema":
+    if mode in ("json_schema", "json_schema_basic"):
         return list(messages)
     described = (
         f"Reply with only one JSON object, no prose and no code fences, that fits this JSON Schema "
