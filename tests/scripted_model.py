@@ -25,6 +25,8 @@ from typing import Any, cast
 
 DEFAULT_EMBEDDING_DIM = 64
 _WORD = re.compile(r"\w+")
+# How the client names the schema when it cannot send it as response_format (see replies.messages_for).
+_PROMPT_SCHEMA = re.compile(r"JSON Schema \(named ([\w-]+)\)[^\n]*:\n(\{.*\})\s*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ChatCall:
 
     model: str
     messages: list[dict[str, Any]]
-    schema_name: str | None
+    schema_name: str | None  # from response_format, or from the prompt where the client described it there
     schema: dict[str, Any] | None
     raw_body: dict[str, Any]
 
@@ -111,6 +113,15 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _schema_in_prompt(messages: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any] | None]:
+    """The schema a request without json_schema describes in its system message (JSON mode, prompt-only)."""
+    system = _content_text(messages[0].get("content")) if messages else ""
+    found = _PROMPT_SCHEMA.search(system)
+    if found is None:
+        return None, None
+    return found.group(1), cast(dict[str, Any], json.loads(found.group(2)))
+
+
 def rough_tokens(text: str) -> int:
     """The token count the server reports for a text: about four characters a token."""
     return len(text) // 4
@@ -169,11 +180,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         response_format = cast(dict[str, Any], body.get("response_format") or {})
         json_schema = cast(dict[str, Any], response_format.get("json_schema") or {})
+        messages = cast(list[dict[str, Any]], body.get("messages") or [])
+        schema_name = cast(str | None, json_schema.get("name"))
+        schema = cast(dict[str, Any] | None, json_schema.get("schema"))
+        if schema_name is None:
+            schema_name, schema = _schema_in_prompt(messages)
         call = ChatCall(
             model=str(body.get("model", "")),
-            messages=cast(list[dict[str, Any]], body.get("messages") or []),
-            schema_name=cast(str | None, json_schema.get("name")),
-            schema=cast(dict[str, Any] | None, json_schema.get("schema")),
+            messages=messages,
+            schema_name=schema_name,
+            schema=schema,
             raw_body=body,
         )
         owner = cast(_Server, self.server).owner

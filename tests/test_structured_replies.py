@@ -189,6 +189,7 @@ def test_a_server_that_refuses_json_schema_gets_json_mode_and_later_calls_go_str
     assert second.attempts == 1
     # JSON mode carries no schema, so the prompt describes it; the reply is still validated against it.
     assert '"maxLength":80' in server.calls[2].messages[0]["content"]
+    assert (server.calls[2].schema_name, server.calls[2].schema) == ("verdict", SCHEMA)
     assert client.response_mode(MODEL) == "json_object"
 
 
