@@ -252,6 +252,15 @@ def test_prose_without_any_json_never_becomes_a_verdict(server: ScriptedModelSer
     assert len(server.calls) == 2
 
 
+def test_a_server_that_cannot_compile_the_schema_falls_back_too(server: ScriptedModelServer) -> None:
+    server.script = lambda call: (
+        ScriptedError(400, "Unsupported JSON Schema keyword") if call.format_type else GOOD
+    )
+
+    assert ask(make_client(server)).data == GOOD
+    assert server.calls[-1].format_type is None
+
+
 def test_a_bad_request_unrelated_to_the_format_is_not_a_fallback(server: ScriptedModelServer) -> None:
     server.script = lambda call: ScriptedError(400, "maximum context length exceeded")
 

@@ -20,8 +20,9 @@ from memalign_mcp.errors import InvalidInputError, ModelError
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _MAX_BACKOFF_S = 30.0
-# Words a server or litellm uses when it refuses the structured-output part of a request.
-_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "response format", "structured output")
+# Words a server or litellm uses when it refuses the structured-output part of a request; "schema" alone covers
+# servers that name only the schema they could not compile into a grammar.
+_FORMAT_WORDS = ("response_format", "response format", "json_object", "schema", "structured output")
 SETTINGS_HINT = (
     "Check MEMALIGN_MODEL (a litellm model string such as 'openai/gpt-4o-mini'), MEMALIGN_API_BASE "
     "(set only for a self-hosted or proxy server, which must be running) and the key "
