@@ -138,3 +138,26 @@ def test_distillation_requests_carry_their_token_limit_and_number_bounds(
     assert item["existing"] == {"type": "null"}  # no guidelines shown yet
     assert item["text"]["maxLength"] == GUIDELINE_MAX_CHARS
     assert INSTRUCTIONS.splitlines()[0] in call.prompt_text()
+
+
+def test_a_merged_guideline_that_echoes_markup_is_refused_and_the_guidelines_are_kept(
+    engines: EngineFactory, model: ScriptedModelServer
+) -> None:
+    def script(call: ChatCall) -> Reply:
+        if call.schema_name == "consolidated_guidelines":
+            return {"guidelines": [{"text": "<<<DATA-0a1b2c3d Guidelines", "merged_from": [1, 2, 3, 4]}]}
+        return support_desk(dataclasses.replace(call, messages=call.messages[:2]))
+
+    model.reset(script)
+    engine = engines.open(overrides={"memory.guideline_cap": 2})
+
+    result = engine.add_feedback(JUDGE, [i | {"source": SOURCE} for i in ALIGNMENT])
+
+    texts = [g.text for g in engine.list_guidelines(JUDGE).guidelines]
+    assert len(texts) > 2  # over the cap, but nothing was replaced by an echo of the prompt
+    assert all("DATA-" not in text for text in texts)
+    assert result.note is not None
+    assert "consolidation failed" in result.note
+    consolidations = [c for c in model.calls if c.schema_name == "consolidated_guidelines"]
+    assert len(consolidations) == 2
+    assert "markup" in consolidations[1].messages[-1]["content"]

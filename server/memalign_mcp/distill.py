@@ -233,8 +233,8 @@ class Reflector:
                     target.sources |= sources
                     target.changed = True
             else:
-                # The reply check refuses any other number; never let one become a new, empty guideline.
-                raise ModelError(f"the model cited guideline {show_value(existing)}, which was not shown")
+                # Unreachable past the reply check; a number never shown must not become a new, empty guideline.
+                log.warning("ignored a reply citing guideline %s, which was not shown", show_value(existing))
         if not fresh:
             return
         vectors = self.embedder.embed([text for text, _ in fresh])
