@@ -96,6 +96,15 @@ def test_a_reply_cut_off_at_the_token_limit_is_never_sent_again_as_it_was(
     assert "shorter" in second.messages[-1]["content"]
 
 
+def test_a_complete_object_before_the_cut_is_used_without_a_retry(server: ScriptedModelServer) -> None:
+    server.script = queue_script(
+        [ScriptedReply(json.dumps(GOOD) + "\n\nAlso, to add: it is", finish_reason="length")]
+    )
+
+    assert ask(make_client(server)).data == GOOD
+    assert len(server.calls) == 1
+
+
 def test_two_cut_off_replies_fail_saying_so_and_naming_the_limit(server: ScriptedModelServer) -> None:
     server.script = lambda call: ScriptedReply('{"reason": "polite polite polite', finish_reason="length")
 
