@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import EngineFactory
-from memalign_mcp.prompts import GUIDELINE_MAX_CHARS
+from memalign_mcp.prompts import GUIDELINE_MAX_CHARS, rederive_schema
+from memalign_mcp.replies import schema_problems
 from memalign_mcp.seed_scenario import ALIGNMENT, INSTRUCTIONS, JUDGE, SOURCE
 from memalign_mcp.settings import ModelSettings
 from scripted_model import ChatCall, Reply, ScriptedModelServer
@@ -161,3 +162,17 @@ def test_a_merged_guideline_that_echoes_markup_is_refused_and_the_guidelines_are
     consolidations = [c for c in model.calls if c.schema_name == "consolidated_guidelines"]
     assert len(consolidations) == 2
     assert "markup" in consolidations[1].messages[-1]["content"]
+
+
+def test_the_rederive_schema_bounds_items_count_and_existing() -> None:
+    schema = rederive_schema(3, at_most=2)
+    rule = {"text": "Acknowledge the customer's feelings first.", "source_items": [1, 3], "existing": None}
+
+    assert schema_problems(schema, {"guidelines": [rule, rule]}) == []
+    assert schema_problems(schema, {"guidelines": [rule, rule, rule]}) == [
+        "guidelines has 3 entries; at most 2 are allowed"
+    ]
+    assert schema_problems(schema, {"guidelines": [rule | {"source_items": [4]}]}) == [
+        "guidelines[0].source_items[0] is 4; it must be at most 3"
+    ]
+    assert schema_problems(schema, {"guidelines": [rule | {"existing": 1}]}) != []

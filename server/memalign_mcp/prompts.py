@@ -241,10 +241,10 @@ def distill_schema(n_items: int, n_existing: int) -> dict[str, Any]:
     )
 
 
-def rederive_schema(n_items: int) -> dict[str, Any]:
-    """Reply schema for re-deriving at most one guideline from `n_items` remaining items."""
+def rederive_schema(n_items: int, at_most: int = 1) -> dict[str, Any]:
+    """Reply schema for re-deriving at most `at_most` guidelines from `n_items` remaining items."""
     return _guidelines_schema(
-        {"text": _GUIDELINE_TEXT, "source_items": _numbers(n_items), "existing": {"type": "null"}}, 1
+        {"text": _GUIDELINE_TEXT, "source_items": _numbers(n_items), "existing": {"type": "null"}}, at_most
     )
 
 

@@ -228,7 +228,8 @@ def schema_problems(schema: dict[str, Any], data: Any) -> list[str]:
         elif error.validator == "maxItems" and isinstance(instance, list):
             problems.append(f"{where} has {len(instance)} entries; at most {limit} are allowed")
         elif error.validator in ("minimum", "maximum"):
-            problems.append(f"{where} is {show_value(instance)}; it must be {error.validator} {limit}")
+            bound = "at least" if error.validator == "minimum" else "at most"
+            problems.append(f"{where} is {show_value(instance)}; it must be {bound} {limit}")
         else:
             problems.append(f"{where}: {show_value(error.message)}")
         if len(problems) == _MAX_SCHEMA_ERRORS:
