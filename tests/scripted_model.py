@@ -68,15 +68,16 @@ class ScriptedError:
     message: str = "scripted failure"
 
 
-@dataclass(frozen=True)
-class ScriptedReply:
-    """A completion with a chosen finish_reason ("length": cut off at the token limit)."""
+class CutOffReply(str):
+    """Reply text the server sends as cut off at the output token limit (finish_reason "length").
 
-    content: str | dict[str, Any]
-    finish_reason: str = "stop"
+    A `str`, so every script and in-process stand-in that handles text replies handles it unchanged.
+    """
+
+    __slots__ = ()
 
 
-Reply = str | dict[str, Any] | ScriptedError | ScriptedReply
+Reply = str | dict[str, Any] | ScriptedError
 Script = Callable[[ChatCall], Reply]
 
 
@@ -203,10 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, ScriptedError):
             self._send_json(reply.status, _error_body(reply.message, "scripted_error"))
             return
-        finish_reason = "stop"
-        if isinstance(reply, ScriptedReply):
-            reply, finish_reason = reply.content, reply.finish_reason
-        content = reply if isinstance(reply, str) else json.dumps(reply)
+        finish_reason = "length" if isinstance(reply, CutOffReply) else "stop"
+        content = str(reply) if isinstance(reply, str) else json.dumps(reply)
         prompt_tokens = rough_tokens(call.prompt_text())
         completion_tokens = rough_tokens(content)
         self._send_json(

@@ -15,7 +15,7 @@ import pytest
 from memalign_mcp.errors import ModelError
 from memalign_mcp.llm import Completion, LiteLLMClient, close_cached_clients
 from memalign_mcp.settings import ModelSettings
-from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer, ScriptedReply, queue_script
+from scripted_model import ChatCall, CutOffReply, Reply, ScriptedError, ScriptedModelServer, queue_script
 
 MODEL = "openai/scripted"
 SCHEMA: dict[str, Any] = {
@@ -82,7 +82,7 @@ def test_a_reply_cut_off_at_the_token_limit_is_never_sent_again_as_it_was(
     server: ScriptedModelServer,
 ) -> None:
     cut = '{"reason": "It is polite, polite, polite, polite, polite, polite'
-    server.script = queue_script([ScriptedReply(cut, finish_reason="length"), GOOD])
+    server.script = queue_script([CutOffReply(cut), GOOD])
 
     completion = ask(make_client(server))
 
@@ -97,16 +97,14 @@ def test_a_reply_cut_off_at_the_token_limit_is_never_sent_again_as_it_was(
 
 
 def test_a_complete_object_before_the_cut_is_used_without_a_retry(server: ScriptedModelServer) -> None:
-    server.script = queue_script(
-        [ScriptedReply(json.dumps(GOOD) + "\n\nAlso, to add: it is", finish_reason="length")]
-    )
+    server.script = queue_script([CutOffReply(json.dumps(GOOD) + "\n\nAlso, to add: it is")])
 
     assert ask(make_client(server)).data == GOOD
     assert len(server.calls) == 1
 
 
 def test_two_cut_off_replies_fail_saying_so_and_naming_the_limit(server: ScriptedModelServer) -> None:
-    server.script = lambda call: ScriptedReply('{"reason": "polite polite polite', finish_reason="length")
+    server.script = lambda call: CutOffReply('{"reason": "polite polite polite')
 
     with pytest.raises(ModelError) as raised:
         ask(make_client(server))
