@@ -25,6 +25,8 @@ from typing import Any, cast
 
 DEFAULT_EMBEDDING_DIM = 64
 _WORD = re.compile(r"\w+")
+# How the client names the schema when it cannot send it as response_format (see replies.messages_for).
+_PROMPT_SCHEMA = re.compile(r"JSON Schema \(named ([\w-]+)\)[^\n]*:\n(\{.*\})\s*$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,17 @@ class ChatCall:
 
     model: str
     messages: list[dict[str, Any]]
-    schema_name: str | None
+    schema_name: str | None  # from response_format, or from the prompt where the client described it there
     schema: dict[str, Any] | None
     raw_body: dict[str, Any]
+
+    @property
+    def format_type(self) -> str | None:
+        """The request's response_format type: "json_schema", "json_object", or None when it asked for none."""
+        response_format = self.raw_body.get("response_format")
+        return (
+            cast(dict[str, Any], response_format).get("type") if isinstance(response_format, dict) else None
+        )
 
     def prompt_text(self) -> str:
         """All message contents joined by blank lines, for asserting on what the model was shown."""
@@ -56,6 +66,15 @@ class ScriptedError:
 
     status: int = 500
     message: str = "scripted failure"
+
+
+class CutOffReply(str):
+    """Reply text the server sends as cut off at the output token limit (finish_reason "length").
+
+    A `str`, so every script and in-process stand-in that handles text replies handles it unchanged.
+    """
+
+    __slots__ = ()
 
 
 Reply = str | dict[str, Any] | ScriptedError
@@ -93,6 +112,15 @@ def _content_text(content: Any) -> str:
             str(cast(dict[str, Any], part).get("text", "")) for part in parts if isinstance(part, dict)
         )
     return ""
+
+
+def _schema_in_prompt(messages: list[dict[str, Any]]) -> tuple[str | None, dict[str, Any] | None]:
+    """The schema a request without json_schema describes in its system message (JSON mode, prompt-only)."""
+    system = _content_text(messages[0].get("content")) if messages else ""
+    found = _PROMPT_SCHEMA.search(system)
+    if found is None:
+        return None, None
+    return found.group(1), cast(dict[str, Any], json.loads(found.group(2)))
 
 
 def rough_tokens(text: str) -> int:
@@ -153,11 +181,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         response_format = cast(dict[str, Any], body.get("response_format") or {})
         json_schema = cast(dict[str, Any], response_format.get("json_schema") or {})
+        messages = cast(list[dict[str, Any]], body.get("messages") or [])
+        schema_name = cast(str | None, json_schema.get("name"))
+        schema = cast(dict[str, Any] | None, json_schema.get("schema"))
+        if schema_name is None:
+            schema_name, schema = _schema_in_prompt(messages)
         call = ChatCall(
             model=str(body.get("model", "")),
-            messages=cast(list[dict[str, Any]], body.get("messages") or []),
-            schema_name=cast(str | None, json_schema.get("name")),
-            schema=cast(dict[str, Any] | None, json_schema.get("schema")),
+            messages=messages,
+            schema_name=schema_name,
+            schema=schema,
             raw_body=body,
         )
         owner = cast(_Server, self.server).owner
@@ -171,7 +204,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, ScriptedError):
             self._send_json(reply.status, _error_body(reply.message, "scripted_error"))
             return
-        content = reply if isinstance(reply, str) else json.dumps(reply)
+        finish_reason = "length" if isinstance(reply, CutOffReply) else "stop"
+        content = str(reply) if isinstance(reply, str) else json.dumps(reply)
         prompt_tokens = rough_tokens(call.prompt_text())
         completion_tokens = rough_tokens(content)
         self._send_json(
@@ -185,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
+                        "finish_reason": finish_reason,
                     }
                 ],
                 "usage": {

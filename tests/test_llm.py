@@ -120,8 +120,11 @@ def test_fenced_json_is_accepted(server: ScriptedModelServer, client: LiteLLMCli
     assert ask(client).data == GOOD
 
 
-def test_invalid_json_is_asked_for_once_more(server: ScriptedModelServer, client: LiteLLMClient) -> None:
-    server.script = queue_script(["Sure! The verdict is yes.", GOOD])
+def test_a_reply_out_of_schema_is_asked_for_again_quoting_it_and_the_problem(
+    server: ScriptedModelServer, client: LiteLLMClient
+) -> None:
+    bad = {"reason": "unsure", "verdict": "maybe"}
+    server.script = queue_script([bad, GOOD])
 
     completion = ask(client)
 
@@ -131,11 +134,11 @@ def test_invalid_json_is_asked_for_once_more(server: ScriptedModelServer, client
     first, second = server.calls
     assert first.messages == MESSAGES
     assert second.messages[: len(MESSAGES)] == MESSAGES
+    assert second.messages[-2] == {"role": "assistant", "content": json.dumps(bad)}
     assert second.messages[-1]["role"] == "user"
-    assert "not valid JSON" in second.messages[-1]["content"]
-    assert completion.completion_tokens == rough_tokens("Sure! The verdict is yes.") + rough_tokens(
-        json.dumps(GOOD)
-    )
+    assert "'maybe' is not one of" in second.messages[-1]["content"]
+    assert second.format_type == "json_schema"  # a bad answer is not a refused format
+    assert completion.completion_tokens == rough_tokens(json.dumps(bad)) + rough_tokens(json.dumps(GOOD))
 
 
 @pytest.mark.parametrize(
@@ -198,7 +201,9 @@ def test_a_rejected_key_is_not_retried_and_says_so(
     assert len(server.calls) == 1
 
 
-def test_a_timeout_raises_model_error(server: ScriptedModelServer) -> None:
+def test_a_reply_past_the_timeout_is_not_sent_again_and_the_error_names_the_timeout(
+    server: ScriptedModelServer,
+) -> None:
     release = threading.Event()
 
     def stall(call: ChatCall) -> Reply:
@@ -206,12 +211,18 @@ def test_a_timeout_raises_model_error(server: ScriptedModelServer) -> None:
         return GOOD
 
     server.script = stall
-    client = LiteLLMClient(api_base=server.base_url, api_key="test", timeout_s=0.2, max_retries=0)
+    client = LiteLLMClient(api_base=server.base_url, api_key="test", timeout_s=0.2, max_retries=2)
     try:
-        with pytest.raises(ModelError, match="Timeout"):
+        with pytest.raises(ModelError) as raised:
             ask(client)
     finally:
         release.set()
+
+    message = str(raised.value)
+    assert len(server.calls) == 1  # max_retries=2, yet the same request is not sent into the same timeout
+    assert "0.2 s" in message
+    assert "MEMALIGN_TIMEOUT_S" in message
+    assert "MEMALIGN_MODEL" not in message  # the model and URL were fine; the wait was too short
 
 
 def test_connection_refused_names_the_api_base() -> None:

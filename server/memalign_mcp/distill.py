@@ -1,14 +1,16 @@
 """Semantic memory: distilling guidelines from feedback, keeping them few and distinct, re-deriving on removal.
 
 Works on an in-memory working set of guidelines and returns what changed; the caller stores it. Every model
-reply is checked (source numbers must point at given items) and a reply that does not fit is retried once by the
-model client, then raises ModelError. Nothing here stores, and nothing here decides what is pending: it reports
+reply is checked: item and guideline numbers must point at what the prompt showed, and a new guideline must be
+worth keeping (not empty, not too long, not an echo of the prompt's markers, not a copy of the judge's
+instructions). A reply that does not fit is retried once by the model client, told why, then raises ModelError. Nothing here stores, and nothing here decides what is pending: it reports
 which items were distilled and which were not.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,21 +20,28 @@ from typing import Any
 import numpy as np
 
 from memalign_mcp.embeddings import Embedder
-from memalign_mcp.errors import ModelError
+from memalign_mcp.errors import ModelError, show_value
 from memalign_mcp.llm import Completion, ModelClient
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.prompts import (
-    CONSOLIDATE_SCHEMA,
+    CONSOLIDATE_SCHEMA_NAME,
     DISTILL_SCHEMA,
+    DISTILL_SCHEMA_NAME,
+    GUIDELINE_MAX_CHARS,
     FeedbackView,
     as_text,
     consolidate_messages,
+    consolidate_schema,
     distill_messages,
+    distill_schema,
+    prompt_markup_in,
     rederive_messages,
 )
 from memalign_mcp.records import Vector
 
 log = logging.getLogger(__name__)
+# "Be polite always" is about the shortest rule; fewer words were labels a tiny model copied from the prompt.
+_MIN_GUIDELINE_WORDS = 3
 Progress = Callable[[int, int, str], None]
 
 
@@ -62,15 +71,56 @@ class DistillOutcome:
     error: str | None = None
 
 
-def _check_sources(n_items: int, key: str) -> Callable[[dict[str, Any]], None]:
+def _normalized(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def guideline_problem(text: str, instructions: str = "") -> str | None:
+    """Why a proposed guideline text cannot be kept (empty, too long, echoed markup, copied task), or None."""
+    stripped = text.strip()
+    if not stripped:
+        return "its text is empty; a new guideline states its rule in words"
+    if len(stripped) > GUIDELINE_MAX_CHARS:
+        return f"its text is {len(stripped)} characters long; at most {GUIDELINE_MAX_CHARS} are allowed"
+    markup = prompt_markup_in(stripped)
+    if markup is not None:
+        return f"its text echoes the prompt's markup {markup!r}; write the rule in plain words"
+    if len(stripped.split()) < _MIN_GUIDELINE_WORDS:
+        return f"its text {show_value(stripped)} is not a sentence stating a rule"
+    rule, task = _normalized(stripped), _normalized(instructions)
+    # A guideline that restates the judge's own instructions teaches nothing the judge was not already told.
+    if task and rule and (rule in task or task in rule):
+        return "its text copies the judge's instructions; a guideline states a rule they do not already say"
+    return None
+
+
+def _check_sources(
+    n_items: int, key: str, *, n_existing: int = 0, instructions: str = ""
+) -> Callable[[dict[str, Any]], None]:
+    """A reply check: item numbers in range, `existing` null or a guideline shown, new texts fit to keep."""
+
     def check(data: dict[str, Any]) -> None:
-        for g in data.get("guidelines", []):
-            if not str(g.get("text", "")).strip() and g.get("existing") is None:
-                raise ValueError("a guideline has empty text")
+        for number, g in enumerate(data.get("guidelines", []), start=1):
             numbers = g.get(key, [])
-            bad = [n for n in numbers if not isinstance(n, int) or not 1 <= n <= n_items]
+            bad = [
+                n for n in numbers if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= n_items
+            ]
             if bad or not numbers:
                 raise ValueError(f"{key} must list item numbers from 1 to {n_items}; got {numbers}")
+            existing = g.get("existing")
+            if existing is None:
+                problem = guideline_problem(str(g.get("text", "")), instructions)
+                if problem is not None:
+                    raise ValueError(f"guideline {number}: {problem}")
+            elif n_existing == 0:
+                raise ValueError(f"guideline {number}: `existing` must be null, as no guidelines were shown")
+            elif (
+                not isinstance(existing, int) or isinstance(existing, bool) or not 1 <= existing <= n_existing
+            ):
+                raise ValueError(
+                    f"guideline {number}: `existing` must be null or a guideline number from 1 to "
+                    f"{n_existing}; got {show_value(existing)}"
+                )
 
     return check
 
@@ -139,9 +189,11 @@ class Reflector:
             return self.client.complete_json(
                 model=self.model,
                 messages=distill_messages(spec, [v for _, v in batch], known),
-                schema_name="guidelines",
-                schema=DISTILL_SCHEMA,
-                check=_check_sources(len(batch), "source_items"),
+                schema_name=DISTILL_SCHEMA_NAME,
+                schema=distill_schema(len(batch), len(known)),
+                check=_check_sources(
+                    len(batch), "source_items", n_existing=len(known), instructions=spec.instructions
+                ),
             )
 
         if progress:
@@ -173,13 +225,16 @@ class Reflector:
         for g in proposed:
             sources = {ids[n - 1] for n in g["source_items"]}
             existing = g.get("existing")
-            if isinstance(existing, int) and 1 <= existing <= len(guidelines):
+            if existing is None:
+                fresh.append((str(g["text"]).strip(), sources))
+            elif isinstance(existing, int) and 1 <= existing <= len(guidelines):
                 target = guidelines[existing - 1]
                 if not sources <= target.sources:
                     target.sources |= sources
                     target.changed = True
             else:
-                fresh.append((str(g["text"]).strip(), sources))
+                # Unreachable past the reply check; a number never shown must not become a new, empty guideline.
+                log.warning("ignored a reply citing guideline %s, which was not shown", show_value(existing))
         if not fresh:
             return
         vectors = self.embedder.embed([text for text, _ in fresh])
@@ -210,9 +265,9 @@ class Reflector:
             reply = self.client.complete_json(
                 model=self.model,
                 messages=consolidate_messages(spec, [g.text for g in guidelines], self.cap),
-                schema_name="consolidated_guidelines",
-                schema=CONSOLIDATE_SCHEMA,
-                check=_check_consolidation(n, self.cap),
+                schema_name=CONSOLIDATE_SCHEMA_NAME,
+                schema=consolidate_schema(n, self.cap),
+                check=_check_consolidation(n, self.cap, spec.instructions),
             )
         except ModelError as exc:
             outcome.error = f"consolidation failed, {n} guidelines kept (cap {self.cap}): {exc}"
@@ -263,7 +318,7 @@ class Reflector:
         return out
 
 
-def _check_consolidation(n: int, cap: int) -> Callable[[dict[str, Any]], None]:
+def _check_consolidation(n: int, cap: int, instructions: str = "") -> Callable[[dict[str, Any]], None]:
     def check(data: dict[str, Any]) -> None:
         proposed = data.get("guidelines", [])
         if len(proposed) > cap:
@@ -272,7 +327,8 @@ def _check_consolidation(n: int, cap: int) -> Callable[[dict[str, Any]], None]:
             numbers = g.get("merged_from", [])
             if not numbers or any(not isinstance(k, int) or not 1 <= k <= n for k in numbers):
                 raise ValueError(f"merged_from must list guideline numbers from 1 to {n}; got {numbers}")
-            if not str(g.get("text", "")).strip():
-                raise ValueError("a guideline has empty text")
+            problem = guideline_problem(str(g.get("text", "")), instructions)
+            if problem is not None:
+                raise ValueError(f"a merged guideline: {problem}")
 
     return check

@@ -2,7 +2,9 @@
 
 Leave-one-out scores each feedback item with itself excluded from retrieval and with every guideline it sourced
 left out, so the judge is never graded on an answer it was shown. With `compare_baseline` the same items are
-scored with memory switched off. Figures come from metrics.py; this module only gathers verdicts.
+scored with memory switched off. An item the model cannot score (a `ModelError` after retries) does not stop the
+run: it is reported with its index and error, and agreement is measured on the items that scored. Figures come
+from metrics.py; this module only gathers verdicts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from memalign_mcp.errors import InvalidInputError
+from memalign_mcp.errors import InvalidInputError, ModelError
 from memalign_mcp.metrics import AgreementReport, agreement_report
 from memalign_mcp.models import MEMORY_MODEL, FeedbackRecord, LabelledExample, Value
 
@@ -33,6 +35,18 @@ class ScoredExample(BaseModel):
     human: Value
     aligned: Value | None
     baseline: Value | None = None
+    error: str | None = Field(
+        default=None, description="Why the item could not be scored; left out of every figure."
+    )
+
+
+class ScoringError(BaseModel):
+    """An item the judge could not score, and why."""
+
+    index: int = Field(description="Position of the item in the evaluated set, from 0.")
+    id: str | None
+    side: Literal["aligned", "baseline"]
+    error: str
 
 
 class EvaluationReport(BaseModel):
@@ -46,6 +60,10 @@ class EvaluationReport(BaseModel):
     aligned: AgreementReport
     baseline: AgreementReport | None = Field(default=None, description="Same items, memory switched off.")
     items: list[ScoredExample]
+    n_errors: int = Field(
+        default=0, description="Items that could not be scored; agreement is measured on the others."
+    )
+    errors: list[ScoringError] = Field(default_factory=list[ScoringError])
 
 
 def evaluate(
@@ -85,26 +103,35 @@ def evaluate(
     total = len(examples) * (2 if compare_baseline else 1)
     done = 0
 
+    failures: list[ScoringError] = []
+
     def run(use_memory: bool) -> list[Value | None]:
         nonlocal done
+        side: Literal["aligned", "baseline"] = "aligned" if use_memory else "baseline"
 
-        def one(example: LabelledExample) -> Value | None:
+        def one(numbered: tuple[int, LabelledExample]) -> Value | None:
+            index, example = numbered
             exclude = [example.id] if mode == "leave-one-out" and example.id else []
-            result = service.score(
-                name,
-                example.inputs,
-                example.outputs,
-                example.expectations,
-                exclude_ids=exclude,
-                use_memory=use_memory,
-            )
+            try:
+                result = service.score(
+                    name,
+                    example.inputs,
+                    example.outputs,
+                    example.expectations,
+                    exclude_ids=exclude,
+                    use_memory=use_memory,
+                )
+            except ModelError as exc:
+                # One item a model cannot answer must not cost the verdicts already paid for on the others.
+                failures.append(ScoringError(index=index, id=example.id, side=side, error=str(exc)))
+                return None
             return result.value
 
         out: list[Value | None] = []
         # The memory judge is CPU-bound and fast; model calls wait on the network and gain from overlap.
         workers = 1 if model == MEMORY_MODEL else _WORKERS
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for value in pool.map(one, examples):
+            for value in pool.map(one, enumerate(examples)):
                 out.append(value)
                 done += 1
                 if progress:
@@ -113,7 +140,16 @@ def evaluate(
 
     aligned = run(True)
     baseline = run(False) if compare_baseline else None
-    human = [e.value for e in examples]
+    failures.sort(key=lambda f: (f.index, f.side))
+    failed = {f.index for f in failures}
+    if len(failed) == len(examples):
+        raise ModelError(
+            f"Every one of the {len(examples)} items failed to score, so there is no agreement to report. "
+            f"The first failure: {failures[0].error}"
+        )
+    # An item that failed on either side is left out of both, so aligned and baseline cover the same items.
+    kept = [i for i in range(len(examples)) if i not in failed]
+    human = [examples[i].value for i in kept]
     labels: list[bool | str | int] | None = None
     if spec.feedback_type == "bool":
         labels = [False, True]
@@ -122,8 +158,10 @@ def evaluate(
     kind = spec.feedback_type
 
     def report(predicted: list[Value | None]) -> AgreementReport:
-        return agreement_report(human, predicted, kind, labels=labels, resamples=resamples, seed=seed)
+        scored = [predicted[i] for i in kept]
+        return agreement_report(human, scored, kind, labels=labels, resamples=resamples, seed=seed)
 
+    errors_of = {f.index: f.error for f in failures}
     return EvaluationReport(
         judge=name,
         judge_version=version,
@@ -133,9 +171,17 @@ def evaluate(
         aligned=report(aligned),
         baseline=report(baseline) if baseline is not None else None,
         items=[
-            ScoredExample(id=e.id, human=e.value, aligned=a, baseline=baseline[i] if baseline else None)
+            ScoredExample(
+                id=e.id,
+                human=e.value,
+                aligned=a,
+                baseline=baseline[i] if baseline else None,
+                error=errors_of.get(i),
+            )
             for i, (e, a) in enumerate(zip(examples, aligned, strict=True))
         ],
+        n_errors=len(failed),
+        errors=failures,
     )
 
 

@@ -6,56 +6,52 @@ it never reaches the network on its own. It keeps litellm off stdout, which the 
 never imports lancedb, onnxruntime or MCP, and it turns every provider failure into a `ModelError` that says
 what to check.
 
-Retries: a reply that is not a JSON object, or that fails the caller's `check`, is asked for once more. A
-transport failure worth retrying (connection, timeout, 408/409/429, 5xx) is retried here, `max_retries` times
-with exponential backoff; litellm's own `num_retries` is not used because in this environment it needs
-`tenacity`, which is not installed, and its wrapper would hide how many requests were made.
+Every completion carries `max_tokens`, chosen by the reply schema's name. A reply that is unusable (empty, cut
+off at the token limit, not JSON, out of schema, refused by the caller's `check`) is asked for once more, with
+the bad reply and what was wrong appended, so the retry never repeats the request that failed. A server that
+refuses `response_format` (HTTP 400) gets the schema without its length limits, then JSON mode, then the
+schema in the prompt alone; one that ignores it (prose back) gets JSON mode with the schema in the prompt. The
+mode that worked is remembered per (api_base, model) for the client's lifetime. Transport retries live in
+`model_transport.py`; litellm's own `num_retries` is not used because in this environment it needs `tenacity`,
+which is not installed, and its wrapper would hide how many requests were made.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
-import math
 import os
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from memalign_mcp.errors import InvalidInputError, ModelError, show_value
-
-Check = Callable[[dict[str, Any]], None]
+from memalign_mcp.errors import InvalidInputError, ModelError
+from memalign_mcp.model_transport import SETTINGS_HINT, FormatRefusedError, Retrier
+from memalign_mcp.replies import (
+    Check,
+    Completion,
+    Reading,
+    ResponseMode,
+    Tally,
+    correction,
+    first_choice,
+    messages_for,
+    mode_after_prose,
+    next_mode,
+    read_reply,
+    response_format,
+)
+from memalign_mcp.settings import ModelSettings
 
 EMBEDDING_BATCH = 256
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
-_MAX_BACKOFF_S = 30.0
+DEFAULT_MAX_TOKENS = 2048  # for a reply schema the client has no limit for
+_REPLY_TRIES = 2
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
-_SETTINGS_HINT = (
-    "Check MEMALIGN_MODEL (a litellm model string such as 'openai/gpt-4o-mini'), MEMALIGN_API_BASE "
-    "(set only for a self-hosted or proxy server, which must be running) and the key "
-    "(MEMALIGN_API_KEY, or the provider's own variable such as OPENAI_API_KEY)."
-)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A parsed JSON answer from a model, with what it cost to get."""
-
-    data: dict[str, Any]
-    model: str
-    latency_ms: float
-    prompt_tokens: int | None  # summed over attempts; None when the provider reports no usage
-    completion_tokens: int | None
-    cost_usd: float | None  # None when litellm has no price for the model
-    attempts: int  # completion requests this answer took, unusable replies and transport retries included
 
 
 class ModelClient(Protocol):
@@ -118,39 +114,6 @@ def close_cached_clients() -> None:
     cache.flush_cache()
 
 
-def _is_retryable(exc: Exception) -> bool:
-    import openai
-
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and (status in _RETRYABLE_STATUS or status >= 500)
-
-
-def _retry_after_s(exc: Exception) -> float | None:
-    """The server's Retry-After, in seconds, when it sent one we can honour."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(header)
-        if value is None:
-            continue
-        try:
-            delay = float(value) / divisor
-        except ValueError:
-            continue
-        if math.isfinite(delay) and 0 <= delay <= _MAX_BACKOFF_S:
-            return delay
-    return None
-
-
-def _failure_text(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return f"{text[:300]}..." if len(text) > 300 else text
-
-
 @functools.cache
 def _litellm_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=8, thread_name_prefix="litellm")
@@ -168,110 +131,6 @@ def _off_main_thread(request: Callable[[], Any]) -> Any:
     return _litellm_thread().submit(request).result()
 
 
-class _Retrier:
-    """Sends one request with bounded retries on transport failures, counting every request made."""
-
-    def __init__(self, max_retries: int, backoff_s: float) -> None:
-        if max_retries < 0:
-            raise InvalidInputError("max_retries", max_retries, "0 or more")
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def send(
-        self, request: Callable[[], Any], *, model: str, api_base: str | None, what: str
-    ) -> tuple[Any, int]:
-        """Run `request` until it succeeds or retries run out; return its result and the requests made."""
-        import openai
-
-        attempts = 0
-        while True:
-            attempts += 1
-            with self._lock:
-                self.calls += 1
-            try:
-                return _off_main_thread(request), attempts
-            except openai.OpenAIError as exc:
-                if attempts > self.max_retries or not _is_retryable(exc):
-                    raise _transport_error(
-                        exc, model=model, api_base=api_base, what=what, attempts=attempts
-                    ) from exc
-                delay = _retry_after_s(exc)
-                if delay is None:
-                    delay = min(self.backoff_s * 2 ** (attempts - 1), _MAX_BACKOFF_S)
-                if delay > 0:
-                    time.sleep(delay)
-
-
-def _transport_error(
-    exc: Exception, *, model: str, api_base: str | None, what: str, attempts: int
-) -> ModelError:
-    import openai
-
-    where = f" at {api_base}" if api_base else ""
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        hint = "The provider rejected the key: set MEMALIGN_API_KEY or the provider's own key variable."
-    elif isinstance(exc, openai.NotFoundError):
-        hint = "The model or endpoint was not found. " + _SETTINGS_HINT
-    else:
-        hint = _SETTINGS_HINT
-    failure = f"{type(exc).__name__}: {_failure_text(exc)}"
-    return ModelError(f"The {what} to model {model!r}{where} failed{tries}: {failure}. {hint}")
-
-
-def _read_reply(response: Any, check: Check | None) -> tuple[Any, str]:
-    """The reply's JSON object and an empty string, or None and what was wrong with the reply."""
-    choices = getattr(response, "choices", None) or [None]
-    content = getattr(getattr(choices[0], "message", None), "content", None)
-    finish_reason = getattr(choices[0], "finish_reason", None)
-    if not isinstance(content, str) or not content.strip():
-        return None, "the reply was empty"
-    text = content.strip()
-    if text.startswith("```"):
-        # Some models fence JSON in markdown even when asked for structured output.
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        cut = " (it was cut off at the output token limit)" if finish_reason == "length" else ""
-        return (
-            None,
-            f"the reply was not valid JSON{cut}: {exc.msg} at character {exc.pos}; "
-            f"it began {show_value(text[:80])}",
-        )
-    if not isinstance(data, dict):
-        return None, f"the reply was JSON but not an object: {show_value(data)}"
-    if check is not None:
-        try:
-            check(data)
-        except ValueError as exc:
-            return None, f"the reply did not fit: {exc}"
-    return data, ""
-
-
-def _usage(response: Any) -> tuple[int | None, int | None]:
-    usage = getattr(response, "usage", None)
-    prompt = getattr(usage, "prompt_tokens", None)
-    completion = getattr(usage, "completion_tokens", None)
-    return (prompt if isinstance(prompt, int) else None, completion if isinstance(completion, int) else None)
-
-
-def _cost(response: Any) -> float | None:
-    """litellm's price for a response, or None for a model it has no price for.
-
-    litellm runs `completion_cost` on every response and stores the result in its hidden params (None when
-    the model is unpriced); calling `completion_cost` again would raise ModelNotMappedError, or a bare
-    Exception, for such models.
-    """
-    hidden = getattr(response, "_hidden_params", None)
-    if not isinstance(hidden, dict):
-        return None
-    cost = hidden.get("response_cost")
-    return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
-
-
 def _endpoint_options(api_base: str | None, api_key: str | None, timeout_s: float) -> dict[str, Any]:
     options: dict[str, Any] = {"timeout": timeout_s}
     if api_base is not None:
@@ -279,14 +138,6 @@ def _endpoint_options(api_base: str | None, api_key: str | None, timeout_s: floa
     if api_key is not None:
         options["api_key"] = api_key
     return options
-
-
-def _total_tokens(parts: list[int | None]) -> int | None:
-    return None if None in parts else sum(part for part in parts if part is not None)
-
-
-def _total_cost(parts: list[float | None]) -> float | None:
-    return None if None in parts else sum(part for part in parts if part is not None)
 
 
 class LiteLLMClient:
@@ -301,19 +152,48 @@ class LiteLLMClient:
         max_retries: int = 2,
         temperature: float | None = 0.0,
         retry_backoff_s: float = 0.5,
+        max_tokens: Mapping[str, int] | None = None,
     ) -> None:
         self.api_base = api_base or None
         self.api_key = api_key or None
         self.timeout_s = timeout_s
         self.temperature = temperature
-        self._retrier = _Retrier(max_retries, retry_backoff_s)
+        # Output token limits keyed by reply schema name; the settings' defaults unless given.
+        self.max_tokens = dict(ModelSettings().max_tokens_by_reply() if max_tokens is None else max_tokens)
+        self._retrier = Retrier(max_retries, retry_backoff_s, timeout_s)
         self._first_calls_done: set[str] = set()
         self._first_call_lock = threading.Lock()
+        # Per (api_base, model): the mode to ask in, and whether a usable reply has come back in it.
+        self._modes: dict[tuple[str | None, str], tuple[ResponseMode, bool]] = {}
+        self._modes_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> LiteLLMClient:
+        """A client for the configured endpoint, timeout, retries and output token limits."""
+        return cls(
+            api_base=settings.api_base,
+            api_key=settings.api_key,
+            timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries,
+            max_tokens=settings.max_tokens_by_reply(),
+        )
 
     @property
     def calls(self) -> int:
         """How many completion requests this client has sent, retries included."""
         return self._retrier.calls
+
+    def response_mode(self, model: str) -> ResponseMode:
+        """How structured output is asked of `model` at this client's api_base (what last worked)."""
+        return self._mode(model)[0]
+
+    def _mode(self, model: str) -> tuple[ResponseMode, bool]:
+        with self._modes_lock:
+            return self._modes.get((self.api_base, model), ("json_schema", False))
+
+    def _remember(self, model: str, mode: ResponseMode, *, worked: bool) -> None:
+        with self._modes_lock:
+            self._modes[(self.api_base, model)] = (mode, worked)
 
     def complete_json(
         self,
@@ -324,59 +204,61 @@ class LiteLLMClient:
         schema: dict[str, Any],
         check: Check | None = None,
     ) -> Completion:
-        """Ask `model` for one JSON object fitting `schema`, asking once more if the reply is unusable."""
+        """Ask `model` for one JSON object fitting `schema`; an unusable reply is asked for again, corrected."""
         _prepare_litellm()
         import litellm
 
         options = _endpoint_options(self.api_base, self.api_key, self.timeout_s)
-        options["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": schema_name, "schema": schema, "strict": True},
-        }
-        # Retries happen in _Retrier; zeros here keep litellm and the OpenAI SDK from retrying underneath.
+        # Retries happen in Retrier; zeros here keep litellm and the OpenAI SDK from retrying underneath.
         options.update(num_retries=0, max_retries=0)
         if self.temperature is not None:
             options["temperature"] = self.temperature
+        max_tokens = self.max_tokens.get(schema_name, DEFAULT_MAX_TOKENS)
+        options["max_tokens"] = max_tokens
 
-        started = time.perf_counter()
-        request_messages: list[dict[str, str]] = list(messages)
-        prompt_tokens: list[int | None] = []
-        completion_tokens: list[int | None] = []
-        costs: list[float | None] = []
-        attempts = 0
-        problem = ""
-        for _ in range(2):
-            request = functools.partial(litellm.completion, model=model, messages=request_messages, **options)
-            response, tries = self._send_first_alone(model, request)
-            attempts += tries
-            used_prompt, used_completion = _usage(response)
-            prompt_tokens.append(used_prompt)
-            completion_tokens.append(used_completion)
-            costs.append(_cost(response))
-            data, problem = _read_reply(response, check)
-            if not problem:
-                return Completion(
-                    data=data,
-                    model=model,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    prompt_tokens=_total_tokens(prompt_tokens),
-                    completion_tokens=_total_tokens(completion_tokens),
-                    cost_usd=_total_cost(costs),
-                    attempts=attempts,
+        tally = Tally()
+        mode, confirmed = self._mode(model)
+        corrective: list[dict[str, str]] = []
+        replies = 0
+        while True:
+            request_options = dict(options)
+            chosen_format = response_format(mode, schema_name, schema)
+            if chosen_format is not None:
+                request_options["response_format"] = chosen_format
+            request = functools.partial(
+                litellm.completion,
+                model=model,
+                messages=[*messages_for(mode, messages, schema_name, schema), *corrective],
+                **request_options,
+            )
+            try:
+                response, tries = self._send_first_alone(model, request)
+            except FormatRefusedError as exc:
+                if mode == "prompt":
+                    raise
+                tally.attempts += exc.attempts
+                # A refusal is the server's answer for every request of this shape: later calls skip it.
+                mode, confirmed = next_mode(mode), False
+                self._remember(model, mode, worked=False)
+                continue
+            tally.add(response, tries)
+            replies += 1
+            content, finish_reason = first_choice(response)
+            reading = read_reply(content, finish_reason, schema, check)
+            if reading.data is not None:
+                self._remember(model, mode, worked=True)
+                return tally.completion(reading.data, model)
+            if reading.kind == "no_json" and not reading.cut_off and mode != "prompt" and not confirmed:
+                # Prose back despite response_format, which has never worked here: the server ignores it, so
+                # the retry describes the schema in the prompt. Where the mode has worked before, prose is
+                # this reply's fault, not the server's, and the mode stays.
+                mode = mode_after_prose(mode)
+            if replies >= _REPLY_TRIES:
+                raise ModelError(
+                    f"Model {model!r} gave no usable answer in {replies} tries; last time {reading.problem}. "
+                    + _no_answer_hint(reading, schema_name, max_tokens)
                 )
-            request_messages = [
-                *messages,
-                {
-                    "role": "user",
-                    "content": f"Your previous reply could not be used: {problem}. "
-                    f"Reply again with only one JSON object that fits the {schema_name} schema.",
-                },
-            ]
-        raise ModelError(
-            f"Model {model!r} gave no usable answer in 2 tries; last time {problem}. "
-            "Try again, or choose a model that supports JSON-schema structured output "
-            "(MEMALIGN_MODEL, or the judge's model)."
-        )
+            corrective = correction(content, reading, schema_name=schema_name, max_tokens=max_tokens)
 
     def _send_first_alone(self, model: str, request: Callable[[], Any]) -> tuple[Any, int]:
         """Send a request; the first one for a model goes alone.
@@ -385,7 +267,12 @@ class LiteLLMClient:
         the last cached are dropped with their connections open, so the first call is made before any other.
         """
         send = functools.partial(
-            self._retrier.send, request, model=model, api_base=self.api_base, what="completion request"
+            self._retrier.send,
+            request,
+            model=model,
+            api_base=self.api_base,
+            what="completion request",
+            run=_off_main_thread,
         )
         if model in self._first_calls_done:
             return send()
@@ -394,6 +281,23 @@ class LiteLLMClient:
                 return send()
             finally:
                 self._first_calls_done.add(model)
+
+
+def _no_answer_hint(reading: Reading, schema_name: str, max_tokens: int) -> str:
+    if reading.cut_off:
+        return (
+            f"Replies for {schema_name!r} may take {max_tokens} tokens (the max_tokens_* settings in the [model] "
+            "section); a model that keeps repeating itself needs a better model, not a higher limit."
+        )
+    if reading.kind == "invalid":
+        return (
+            "The model answered in JSON but not usably; a more capable model may do better (MEMALIGN_MODEL, "
+            "MEMALIGN_REFLECTION_MODEL, or the judge's model)."
+        )
+    return (
+        "Try again, or choose a model that follows JSON-schema structured output "
+        "(MEMALIGN_MODEL, or the judge's model)."
+    )
 
 
 class LiteLLMEmbedder:
@@ -419,7 +323,7 @@ class LiteLLMEmbedder:
         # litellm's OpenAI embedding path retries inside the OpenAI SDK and reads max_retries=0 as "use the
         # default of 2", so transport retries are left to it rather than stacked on top here.
         self.max_retries = max_retries
-        self._retrier = _Retrier(0, 0.0)
+        self._retrier = Retrier(0, 0.0, timeout_s)
         self._dim: int | None = None
 
     @property
@@ -461,13 +365,13 @@ class LiteLLMEmbedder:
 
         request = functools.partial(litellm.embedding, model=self.model, input=texts, **options)
         response, _ = self._retrier.send(
-            request, model=self.model, api_base=self.api_base, what="embedding request"
+            request, model=self.model, api_base=self.api_base, what="embedding request", run=_off_main_thread
         )
         items: list[Any] = sorted(response.data, key=lambda item: _field(item, "index"))
         if len(items) != len(texts):
             raise ModelError(
                 f"Embedding model {self.model!r} returned {len(items)} vectors for {len(texts)} texts. "
-                + _SETTINGS_HINT
+                + SETTINGS_HINT
             )
         try:
             vectors = np.asarray([_field(item, "embedding") for item in items], dtype=np.float32)

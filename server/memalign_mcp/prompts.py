@@ -20,6 +20,19 @@ from memalign_mcp.models import JudgedText, JudgeSpec, Value
 Messages = list[dict[str, str]]
 _TEMPLATE_VAR = re.compile(r"\{\{\s*(inputs|outputs|expectations)\s*\}\}")
 
+# The reply schemas' names: the model client keys its output token limits on them.
+SCORE_SCHEMA_NAME = "judgement"
+DISTILL_SCHEMA_NAME = "guidelines"
+CONSOLIDATE_SCHEMA_NAME = "consolidated_guidelines"
+REDERIVE_SCHEMA_NAME = "rederived_guideline"
+
+# Length limits in every reply schema, so a model that repeats itself stops at the schema (where the server
+# enforces it) or is refused as unusable (where we check it), instead of talking until the timeout.
+RATIONALE_MAX_CHARS = 1000
+TEXT_VALUE_MAX_CHARS = 2000
+GUIDELINE_MAX_CHARS = 300
+GUIDELINES_PER_REPLY = 10
+
 
 def as_text(value: JudgedText | None) -> str:
     """Judged text as a string: strings as they are, JSON objects as indented JSON."""
@@ -35,6 +48,24 @@ def value_text(value: Value | None) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+FENCE_PREFIX = "DATA-"
+# What a reply must not echo back: fence markers (any nonce), template variables, BEGIN/END marker lines and
+# this module's section labels. A tiny model asked for guidelines otherwise returns the prompt's scaffolding.
+_PROMPT_MARKUP = re.compile(
+    # A fence tag in any case: a real model echoed "DATA-9be42285 inputs" back as "Data-9be42285 inputs".
+    r"<<<|>>>|\b(?i:" + re.escape(FENCE_PREFIX) + r"[0-9a-f]{8})\b|\{\{|^\W*(?:BEGIN|END)\b"
+    r"|^\W*(?:Item \d+|Human verdict|Human rationale|Existing guidelines|New human feedback|Human feedback"
+    r"|The judge's task|Guidelines|Example \d+)\s*:",
+    re.MULTILINE,
+)
+
+
+def prompt_markup_in(text: str) -> str | None:
+    """The first fence marker, BEGIN/END line or prompt section label that `text` echoes, or None."""
+    found = _PROMPT_MARKUP.search(text)
+    return found.group(0).strip() if found else None
+
+
 class Fence:
     """Marker lines around untrusted data; the nonce is fresh for every prompt."""
 
@@ -42,7 +73,7 @@ class Fence:
         nonce = secrets.token_hex(4)
         while any(nonce in t for t in texts):
             nonce = secrets.token_hex(4)
-        self.tag = f"DATA-{nonce}"
+        self.tag = f"{FENCE_PREFIX}{nonce}"
 
     def wrap(self, label: str, text: str) -> str:
         """Fence one piece of data under a label."""
@@ -80,7 +111,7 @@ def value_schema(spec: JudgeSpec) -> dict[str, Any]:
     if spec.feedback_type == "categorical":
         return {"type": "string", "enum": list(spec.choices or [])}
     if spec.feedback_type == "text":
-        return {"type": "string"}
+        return {"type": "string", "maxLength": TEXT_VALUE_MAX_CHARS}
     schema: dict[str, Any] = {"type": "integer" if spec.feedback_type == "int" else "number"}
     if spec.min_value is not None:
         schema["minimum"] = spec.min_value
@@ -93,7 +124,10 @@ def score_schema(spec: JudgeSpec) -> dict[str, Any]:
     """Reply schema for a verdict: the rationale comes before the value so the model reasons first."""
     return {
         "type": "object",
-        "properties": {"rationale": {"type": "string"}, "value": value_schema(spec)},
+        "properties": {
+            "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
+            "value": value_schema(spec),
+        },
         "required": ["rationale", "value"],
         "additionalProperties": False,
     }
@@ -126,7 +160,8 @@ def score_messages(
     system = [
         "You are an evaluation judge. Apply the judge's instructions and guidelines to the response given.",
         fence.rule(),
-        f"Reply with a JSON object: first `rationale` (your reasoning, brief), then `value`: {spec.describe_value()}.",
+        "Reply with a JSON object: first `rationale` (your reasoning, brief: at most "
+        f"{RATIONALE_MAX_CHARS} characters), then `value`: {spec.describe_value()}.",
     ]
     if guidelines:
         system.append(
@@ -162,13 +197,14 @@ def _example(number: int, example: ExampleView, fence: Fence) -> str:
 # --- reflection: distilling, consolidating and re-deriving guidelines ------------------------------------------
 
 
-def _guidelines_schema(item: dict[str, Any]) -> dict[str, Any]:
+def _guidelines_schema(item: dict[str, Any], max_items: int) -> dict[str, Any]:
     """A reply schema of the form {"guidelines": [item, ...]}, every item property required (strict mode)."""
     return {
         "type": "object",
         "properties": {
             "guidelines": {
                 "type": "array",
+                "maxItems": max_items,
                 "items": {
                     "type": "object",
                     "properties": item,
@@ -182,14 +218,51 @@ def _guidelines_schema(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_NUMBERS: dict[str, Any] = {"type": "array", "items": {"type": "integer"}}
+def _numbers(highest: int | None) -> dict[str, Any]:
+    """A non-empty list of item numbers, 1..highest when the number of items shown is known."""
+    number: dict[str, Any] = {"type": "integer", "minimum": 1}
+    if highest is None:
+        return {"type": "array", "items": number, "minItems": 1, "maxItems": 500}
+    number["maximum"] = highest
+    return {"type": "array", "items": number, "minItems": 1, "maxItems": highest}
+
+
+_GUIDELINE_TEXT: dict[str, Any] = {"type": "string", "maxLength": GUIDELINE_MAX_CHARS}
+
+
+def distill_schema(n_items: int, n_existing: int) -> dict[str, Any]:
+    """Reply schema for distilling `n_items` items with `n_existing` guidelines shown (numbered from 1)."""
+    existing: dict[str, Any] = (
+        {"type": ["integer", "null"], "minimum": 1, "maximum": n_existing} if n_existing else {"type": "null"}
+    )
+    return _guidelines_schema(
+        {"text": _GUIDELINE_TEXT, "source_items": _numbers(n_items), "existing": existing},
+        GUIDELINES_PER_REPLY,
+    )
+
+
+def rederive_schema(n_items: int, at_most: int = 1) -> dict[str, Any]:
+    """Reply schema for re-deriving at most `at_most` guidelines from `n_items` remaining items."""
+    return _guidelines_schema(
+        {"text": _GUIDELINE_TEXT, "source_items": _numbers(n_items), "existing": {"type": "null"}}, at_most
+    )
+
+
+def consolidate_schema(n_guidelines: int, cap: int) -> dict[str, Any]:
+    """Reply schema for merging `n_guidelines` guidelines (numbered from 1) into at most `cap`."""
+    return _guidelines_schema({"text": _GUIDELINE_TEXT, "merged_from": _numbers(n_guidelines)}, cap)
+
+
+# The shapes without the item-number bounds (they depend on the prompt); prefer the functions above.
 DISTILL_SCHEMA = _guidelines_schema(
-    {"text": {"type": "string"}, "source_items": _NUMBERS, "existing": {"type": ["integer", "null"]}}
+    {"text": _GUIDELINE_TEXT, "source_items": _numbers(None), "existing": {"type": ["integer", "null"]}},
+    GUIDELINES_PER_REPLY,
 )
-CONSOLIDATE_SCHEMA = _guidelines_schema({"text": {"type": "string"}, "merged_from": _NUMBERS})
+CONSOLIDATE_SCHEMA = _guidelines_schema({"text": _GUIDELINE_TEXT, "merged_from": _numbers(None)}, 500)
 
 _GUIDELINE_STYLE = (
-    "A guideline is one short sentence (at most about 30 words) stating a general rule for judging, such as "
+    "A guideline is one short sentence (at most about 30 words, never over "
+    f"{GUIDELINE_MAX_CHARS} characters) stating a general rule for judging, such as "
     '"For complaints, acknowledge the customer\'s feelings before explaining." It must not quote or name '
     "specific people, orders, numbers or other details of the items: it states the rule, not the case."
 )

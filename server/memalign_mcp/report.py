@@ -19,7 +19,7 @@ from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.metrics import AgreementReport, format_markdown
 
 if TYPE_CHECKING:
-    from memalign_mcp.evaluation import EvaluationReport
+    from memalign_mcp.evaluation import EvaluationReport, ScoringError
 
 BASELINE_TITLE = "Baseline (memory off)"
 ALIGNED_TITLE = "Aligned (memory on)"
@@ -105,12 +105,29 @@ def render_markdown(report: EvaluationReport, *, dataset: str = "evaluation set"
         f"Judge memory version {report.judge_version}; model `{report.model}`; {report.n_items} items "
         f"from {source}. Abstentions (no verdict) are left out of every figure and counted apart.",
         "",
+    ]
+    if report.n_errors:
+        parts += [
+            f"**{report.n_errors} of {report.n_items} items could not be scored**; agreement below is measured "
+            f"on the {report.n_items - report.n_errors} that were.",
+            "",
+            *(_error_line(e) for e in report.errors),
+            "",
+        ]
+    parts += [
         comparison_table([(dataset, report)]),
         format_markdown(report.aligned, ALIGNED_TITLE),
     ]
     if report.baseline is not None:
         parts += ["", format_markdown(report.baseline, BASELINE_TITLE)]
     return "\n".join(parts)
+
+
+def _error_line(error: ScoringError) -> str:
+    named = f" (`{error.id}`)" if error.id else ""
+    text = " ".join(error.error.split())
+    shown = text if len(text) <= 300 else text[:300] + "..."
+    return f"- item {error.index}{named}, {error.side}: {shown}"
 
 
 # --- charts ----------------------------------------------------------------------------------------------

@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from memalign_mcp.errors import SettingsError
 from memalign_mcp.models import MEMORY_MODEL
+from memalign_mcp.prompts import (
+    CONSOLIDATE_SCHEMA_NAME,
+    DISTILL_SCHEMA_NAME,
+    REDERIVE_SCHEMA_NAME,
+    SCORE_SCHEMA_NAME,
+)
 
 DEFAULT_CONFIG = Path("configs/default.toml")
 
@@ -25,6 +31,8 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "MEMALIGN_REFLECTION_MODEL": ("model", "reflection"),
     "MEMALIGN_API_BASE": ("model", "api_base"),
     "MEMALIGN_API_KEY": ("model", "api_key"),
+    "MEMALIGN_TIMEOUT_S": ("model", "timeout_s"),
+    "MEMALIGN_MAX_RETRIES": ("model", "max_retries"),
     "MEMALIGN_EMBEDDING_MODEL": ("embedding", "model"),
     "MEMALIGN_DATA_DIR": ("store", "data_dir"),
 }
@@ -47,8 +55,30 @@ class ModelSettings(_Section):
     api_key: str = Field(
         default="", description="Key for api_base; provider keys come from their usual variables."
     )
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=2, ge=0, le=10)
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for one model reply.")
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a request the transport failed (never of a timeout)."
+    )
+    # Output token limits per kind of request: a model that repeats itself stops here, not at the timeout.
+    max_tokens_score: int = Field(default=512, ge=16, le=65_536, description="Output tokens of a verdict.")
+    max_tokens_distill: int = Field(
+        default=2048, ge=16, le=65_536, description="Output tokens of one distillation reply."
+    )
+    max_tokens_consolidate: int = Field(
+        default=4096, ge=16, le=65_536, description="Output tokens of a consolidation reply."
+    )
+    max_tokens_rederive: int = Field(
+        default=512, ge=16, le=65_536, description="Output tokens of a re-derived guideline."
+    )
+
+    def max_tokens_by_reply(self) -> dict[str, int]:
+        """The output token limits keyed by the reply schema name each kind of request uses."""
+        return {
+            SCORE_SCHEMA_NAME: self.max_tokens_score,
+            DISTILL_SCHEMA_NAME: self.max_tokens_distill,
+            CONSOLIDATE_SCHEMA_NAME: self.max_tokens_consolidate,
+            REDERIVE_SCHEMA_NAME: self.max_tokens_rederive,
+        }
 
     @property
     def default_judge_model(self) -> str:
