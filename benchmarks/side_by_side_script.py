@@ -69,8 +69,8 @@ class SideBySideScript:
         text = call.prompt_text()
         if name == "judgement":
             return "ours.judge", {"rationale": "Scripted verdict.", "value": True}
-        if name == "guidelines":
-            return self._ours_guidelines(text)
+        if name in ("guidelines", "rederived_guideline"):
+            return self._ours_guidelines(text, rederive=name == "rederived_guideline")
         if name == "consolidated_guidelines":
             return "ours.consolidate", self._ours_consolidate(text)
         if name == "Guidelines":
@@ -80,7 +80,7 @@ class SideBySideScript:
             return "mlflow.judge", {"result": True, "rationale": "Scripted verdict."}
         return "unknown", ScriptedError(400, f"side-by-side script: no answer for schema {name!r}")
 
-    def _ours_guidelines(self, text: str) -> tuple[str, Reply]:
+    def _ours_guidelines(self, text: str, *, rederive: bool) -> tuple[str, Reply]:
         count = 0
         for number in (int(n) for n in _OUR_ITEM.findall(text)):
             # Items are numbered 1, 2, 3...; a line inside judged text that looks like one is skipped.
@@ -88,7 +88,6 @@ class SideBySideScript:
                 count = number
         if count == 0:
             return "unknown", ScriptedError(400, "side-by-side script: a guidelines request without items")
-        rederive = "at most ONE" in text
         parts = 1 if rederive else GUIDELINES_PER_BATCH
         guidelines = [
             {"text": self._guideline_text(), "source_items": group, "existing": None}

@@ -52,7 +52,7 @@ def trivial_script(call: ChatCall) -> Reply:
     """Answer judge, distillation, re-derivation and consolidation requests instantly."""
     if call.schema_name == "judgement":
         return _verdict(call)
-    if call.schema_name == "guidelines":
+    if call.schema_name in ("guidelines", "rederived_guideline"):
         return _guidelines(call)
     if call.schema_name == "consolidated_guidelines":
         return _consolidated(call)

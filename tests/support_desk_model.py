@@ -74,6 +74,6 @@ def support_desk(call: ChatCall) -> Reply:
     """Answer judge and reflection requests of the engine."""
     if call.schema_name == "judgement":
         return judge(call)
-    if call.schema_name == "guidelines":
+    if call.schema_name in ("guidelines", "rederived_guideline"):
         return reflect(call)
     return ScriptedError(400, f"support-desk script: unexpected schema {call.schema_name!r}")

@@ -17,10 +17,12 @@ from memalign_mcp.models import JudgeSpec
 from memalign_mcp.prompts import (
     CONSOLIDATE_SCHEMA,
     DISTILL_SCHEMA,
+    REDERIVE_SCHEMA_NAME,
     FeedbackView,
     consolidate_messages,
     distill_messages,
     rederive_messages,
+    rederive_schema,
     score_schema,
 )
 from scripted_model import ChatCall, ScriptedError
@@ -65,9 +67,9 @@ def test_our_distillation_cites_only_items_of_the_batch() -> None:
 
 def test_our_rederivation_gets_one_guideline() -> None:
     script = SideBySideScript()
-    guidelines = _reply(script, _call(rederive_messages(SPEC, _items(2)), "guidelines", DISTILL_SCHEMA))[
-        "guidelines"
-    ]
+    guidelines = _reply(
+        script, _call(rederive_messages(SPEC, _items(2)), REDERIVE_SCHEMA_NAME, rederive_schema(2))
+    )["guidelines"]
     assert len(guidelines) == 1
     assert sorted(guidelines[0]["source_items"]) == [1, 2]
     assert script.kinds["ours.rederive"] == 1

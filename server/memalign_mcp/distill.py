@@ -25,9 +25,9 @@ from memalign_mcp.llm import Completion, ModelClient
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.prompts import (
     CONSOLIDATE_SCHEMA_NAME,
-    DISTILL_SCHEMA,
     DISTILL_SCHEMA_NAME,
     GUIDELINE_MAX_CHARS,
+    REDERIVE_SCHEMA_NAME,
     FeedbackView,
     as_text,
     consolidate_messages,
@@ -36,6 +36,7 @@ from memalign_mcp.prompts import (
     distill_schema,
     prompt_markup_in,
     rederive_messages,
+    rederive_schema,
 )
 from memalign_mcp.records import Vector
 
@@ -300,9 +301,9 @@ class Reflector:
         reply = self.client.complete_json(
             model=self.model,
             messages=rederive_messages(spec, [v for _, v in items], at_most),
-            schema_name="guidelines",
-            schema=DISTILL_SCHEMA,
-            check=_check_sources(len(items), "source_items"),
+            schema_name=REDERIVE_SCHEMA_NAME,
+            schema=rederive_schema(len(items), at_most),
+            check=_check_sources(len(items), "source_items", instructions=spec.instructions),
         )
         proposed = [g for g in reply.data["guidelines"] if str(g.get("text", "")).strip()][:at_most]
         texts = [str(g["text"]).strip() for g in proposed]

@@ -38,11 +38,8 @@ def make_embedder(settings: Settings) -> Embedder:
 
 
 def make_client(settings: Settings) -> ModelClient:
-    """The litellm model client for the configured api_base and key (imports litellm only when used)."""
-    m = settings.model
-    return LiteLLMClient(
-        api_base=m.api_base, api_key=m.api_key, timeout_s=m.timeout_s, max_retries=m.max_retries
-    )
+    """The litellm model client for the configured model settings (imports litellm only when used)."""
+    return LiteLLMClient.from_settings(settings.model)
 
 
 def read_judge_files(directory: Path | None) -> list[JudgeSpec]:

@@ -37,7 +37,13 @@ from memalign_mcp.models import (
     JudgeSpec,
     ScoreResult,
 )
-from memalign_mcp.prompts import ExampleView, instructions_with_guidelines, score_messages, score_schema
+from memalign_mcp.prompts import (
+    SCORE_SCHEMA_NAME,
+    ExampleView,
+    instructions_with_guidelines,
+    score_messages,
+    score_schema,
+)
 from memalign_mcp.records import Matrix, MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
@@ -385,7 +391,11 @@ class JudgeService:
             spec.check_value(data.get("value"))
 
         completion = self.client.complete_json(
-            model=model, messages=messages, schema_name="judgement", schema=score_schema(spec), check=check
+            model=model,
+            messages=messages,
+            schema_name=SCORE_SCHEMA_NAME,
+            schema=score_schema(spec),
+            check=check,
         )
         return ScoreResult(
             rationale=str(completion.data.get("rationale", "")),
