@@ -193,6 +193,10 @@ class MemoryStore:
             return None
         return lease["txn"] if time.time() < float(json.loads(lease["body"])["expires"]) else None
 
+    def holding(self) -> bool:
+        """True when this thread holds the lease."""
+        return getattr(self._held, "holder", None) is not None
+
     def wait_for_lease(self) -> None:
         """Wait while another's lease is active (bounded by its expiry): every writer honours it."""
         mine = getattr(self._held, "holder", None)
@@ -200,14 +204,16 @@ class MemoryStore:
             time.sleep(_LEASE_POLL_S)
 
     @contextmanager  # pyright: ignore[reportDeprecated]  # the typeshed deprecation is for generator-less uses
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, *, fence: bool = True) -> Iterator[None]:
         """Hold the lease: every writer of every process (this thread aside) waits until it is released.
 
         Purge prunes every old version, which fails any write still working from one, and it judges rows
         without a commit to be orphans, which is true only while no write is half-way. So erasure runs alone.
         The lease is a row inserted if absent (exclusive between processes, as commits are), with an expiry
         so that a purge killed half-way blocks nobody for long; after taking it, purge waits out one fence so
-        that writes which checked before it finish first. It needs no file lock, so it holds on object storage.
+        that writes which checked before it finish first (`fence=False` skips that wait for a change that
+        runs alone: a write that slipped in is caught by its commit check). It needs no file lock, so it
+        holds on object storage.
         """
         if getattr(self._held, "holder", None) is not None:
             yield  # this thread holds it already
@@ -231,7 +237,8 @@ class MemoryStore:
                 break
         self._held.holder = holder
         try:
-            time.sleep(_LEASE_FENCE_S)
+            if fence:
+                time.sleep(_LEASE_FENCE_S)
             yield
         finally:
             self._held.holder = None
