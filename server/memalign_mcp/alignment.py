@@ -15,10 +15,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from memalign_mcp.distill import DistillOutcome, WorkingGuideline, new_guideline_id
+from memalign_mcp.distill import DistillOutcome, WorkingGuideline
 from memalign_mcp.embeddings import text_for_embedding
-from memalign_mcp.errors import InvalidInputError, ModelError
+from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
+from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
 from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
@@ -29,7 +30,6 @@ from memalign_mcp.models import (
     LabelledExample,
     RemoveFeedbackResult,
 )
-from memalign_mcp.prompts import FeedbackView
 from memalign_mcp.records import MemoryRow, Summary, Vector
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
 
@@ -47,13 +47,6 @@ def content_hash(item: FeedbackInput) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _view(row: MemoryRow) -> FeedbackView:
-    body = row.body
-    return FeedbackView(
-        inputs=body["inputs"], outputs=body["outputs"], value=body["value"], rationale=body["rationale"]
-    )
-
-
 def _body(item: FeedbackInput) -> dict[str, Any]:
     return {
         "inputs": item.inputs,
@@ -63,20 +56,6 @@ def _body(item: FeedbackInput) -> dict[str, Any]:
         "rationale": item.rationale,
         "source": item.source,
     }
-
-
-class _Forgetting:
-    """What forgetting some feedback does to the guidelines: computed off to the side, stored by a Change."""
-
-    def __init__(self) -> None:
-        self.rows: list[MemoryRow] = []
-        self.dropped: list[Guideline] = []
-        self.revised: list[Guideline] = []
-        self.added: list[Guideline] = []
-        self.pending: list[str] = []
-        self.drop_ids: list[str] = []
-        self.tainted: list[str] = []  # guidelines that cited a forgotten item
-        self.tainted_sources: set[str] = set()
 
 
 class MemAlignService(HistoryService):
@@ -179,7 +158,7 @@ class MemAlignService(HistoryService):
             }
             if texts:
                 vectors.update(zip(texts, self.embedder.embed(list(texts.values())), strict=True))
-            forgetting = self._forgetting(state, replaced) if replaced else _Forgetting()
+            forgetting = self._forgetting(state, replaced) if replaced else Forgetting()
             rows = [self._feedback_row(name, i, hashes, vectors) for i in fresh]
             rows += [
                 MemoryRow(
@@ -214,7 +193,7 @@ class MemAlignService(HistoryService):
             )
 
         stored, _ = self.ledger.change(name, prepare, who=who)
-        forgetting: _Forgetting = outcome["forgetting"]
+        forgetting: Forgetting = outcome["forgetting"]
         distilled = self._distill(name, progress, who=who)
         last = distilled.commit_version or (stored.version if stored is not None else None)
         return AddFeedbackResult(
@@ -281,7 +260,9 @@ class MemAlignService(HistoryService):
             before = state.guideline_rows()
             working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in before]
             spec = JudgeSpec.model_validate_json(state.spec_json)
-            outcome = reflector.distill(spec, working, [(i, _view(r)) for i, r in whole.items()], progress)
+            outcome = reflector.distill(
+                spec, working, [(i, feedback_view(r)) for i, r in whole.items()], progress
+            )
             result.note = _failure_note(outcome)
             if not outcome.distilled_ids:
                 return None
@@ -360,7 +341,7 @@ class MemAlignService(HistoryService):
         wanted = list(dict.fromkeys(feedback_ids))
         self.state(name)
         found: dict[str, list[str]] = {}
-        forgotten: dict[str, _Forgetting] = {}
+        forgotten: dict[str, Forgetting] = {}
 
         def prepare(state: MemoryState) -> Change | None:
             removed = [i for i in wanted if i in state.feedback]
@@ -387,7 +368,7 @@ class MemAlignService(HistoryService):
 
         commit, _ = self.ledger.change(name, prepare, who=who)
         removed = found["removed"] if commit is not None else []
-        forgetting = forgotten.get("f", _Forgetting()) if commit is not None else _Forgetting()
+        forgetting = forgotten.get("f", Forgetting()) if commit is not None else Forgetting()
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
         return RemoveFeedbackResult(
@@ -401,73 +382,9 @@ class MemAlignService(HistoryService):
             purged=purge,
         )
 
-    def _forgetting(self, state: MemoryState, ids: Sequence[str]) -> _Forgetting:
-        """Drop every guideline citing these items and re-derive, once per distinct set of remaining sources."""
-        out = _Forgetting()
-        gone = set(ids)
-        tainted = [g for g in state.guideline_rows() if gone & set(g.sources)]
-        out.tainted = [g.item_id for g in tainted]
-        out.tainted_sources = {s for g in tainted for s in g.sources}
-        untouched = [
-            WorkingGuideline(g.item_id, g.text, set(g.sources), g.vector)
-            for g in state.guideline_rows()
-            if not gone & set(g.sources)
-        ]
-        groups: dict[tuple[str, ...], list[MemoryRow]] = {}
-        for g in tainted:
-            groups.setdefault(tuple(sorted(set(g.sources) - gone)), []).append(g)
-        reflector = self.reflector()
-        spec = JudgeSpec.model_validate_json(state.spec_json)
-        reused: set[str] = set()
-        for kept, olds in groups.items():
-            if not kept:
-                continue
-            rows = self.ledger.whole_rows(state, kept)
-            items = [(i, _view(rows[i])) for i in kept if i in rows]
-            try:
-                if reflector is None:
-                    raise ModelError("no reflection model is configured")
-                proposals = reflector.rederive(spec, items, at_most=len(olds))
-            except ModelError:
-                # Cannot re-derive now: drop the guidelines, and let their remaining sources be distilled again.
-                out.pending.extend(i for i in kept if i not in out.pending)
-                continue
-            for text, sources, vector in proposals:
-                twin = reflector.nearest(untouched, vector)
-                if twin is not None:
-                    # Near-identical to a rule that stays: one rule, with the provenance of both.
-                    twin.sources |= sources
-                    twin.changed = True
-                    continue
-                old = next((o for o in olds if o.item_id not in reused), None)
-                gid = old.item_id if old is not None else new_guideline_id()
-                reused.add(gid)
-                g = WorkingGuideline(gid, text, set(sources), vector, changed=True)
-                untouched.append(g)
-                (out.revised if old is not None else out.added).append(
-                    Guideline(id=gid, text=text, source_feedback_ids=sorted(sources))
-                )
-        for g in untouched:
-            if g.changed:
-                out.rows.append(
-                    MemoryRow(
-                        judge=state.judge,
-                        kind="guideline",
-                        item_id=g.id,
-                        vector=g.vector,
-                        text=g.text,
-                        sources=tuple(sorted(g.sources)),
-                    )
-                )
-        out.dropped = [guideline_of(g) for g in tainted if g.item_id not in reused]
-        out.drop_ids = [g.id for g in out.dropped]
-        revised_ids = {g.id for g in out.revised}
-        out.revised += [
-            Guideline(id=g.id, text=g.text, source_feedback_ids=sorted(g.sources))
-            for g in untouched
-            if g.changed and g.id not in revised_ids and g.id not in {a.id for a in out.added}
-        ]
-        return out
+    def _forgetting(self, state: MemoryState, ids: Sequence[str]) -> Forgetting:
+        """What forgetting these items does to the guidelines (model calls; nothing stored)."""
+        return plan_forgetting(state, ids, reflector=self.reflector(), whole_rows=self.ledger.whole_rows)
 
 
 class _Distilled:

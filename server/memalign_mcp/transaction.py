@@ -36,9 +36,9 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
+from memalign_mcp.memory_state import MemoryState, apply_commits, replay
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary
 from memalign_mcp.store import MemoryStore
 
@@ -61,45 +61,6 @@ class StoreReadError(MemAlignError):
 
 class JudgeGoneError(MemAlignError):
     """The judge was deleted (or deleted and made again) while a change to it was being prepared."""
-
-
-def _age(row: MemoryRow) -> tuple[float, str]:
-    return (row.created_at.timestamp(), row.item_id)
-
-
-@dataclass(frozen=True)
-class MemoryState:
-    """A judge's memory as of one commit: its spec, feedback, guidelines and which feedback is pending."""
-
-    judge: str
-    gen: str
-    seq: int
-    version: int
-    spec_json: str
-    created_at: datetime
-    feedback: dict[str, MemoryRow]
-    guidelines: dict[str, MemoryRow]
-    pending: frozenset[str]
-    whole: bool  # feedback rows carry their content (body and text); else ids, vectors and hashes only
-    # Items this state holds whose rows were purged since (only an older state can have any).
-    missing: frozenset[ItemKey] = frozenset()
-
-    @cached_property
-    def _guidelines_in_order(self) -> list[MemoryRow]:
-        return sorted(self.guidelines.values(), key=_age)
-
-    @cached_property
-    def _feedback_in_order(self) -> list[MemoryRow]:
-        # Sorted once per state: comparing 100k aware datetimes takes a while, and every page would pay it.
-        return sorted(self.feedback.values(), key=_age)
-
-    def guideline_rows(self) -> list[MemoryRow]:
-        """The guidelines, oldest first."""
-        return list(self._guidelines_in_order)
-
-    def feedback_rows(self) -> list[MemoryRow]:
-        """The feedback items, oldest first."""
-        return list(self._feedback_in_order)
 
 
 @dataclass
@@ -139,64 +100,6 @@ class Change:
 
 Prepare = Callable[[MemoryState], Change | None]
 StepHook = Callable[[str, str], None]
-
-
-def replay(judge: str, commits: Sequence[Commit], rows: Iterable[MemoryRow], *, whole: bool) -> MemoryState:
-    """The state after `commits` (one generation, in order), from the rows their transactions wrote."""
-    by_txn: dict[str, list[MemoryRow]] = {}
-    for r in rows:
-        by_txn.setdefault(r.txn, []).append(r)
-    first = commits[0]
-    return _apply(
-        MemoryState(judge, first.gen, 0, 0, first.spec_json, first.created_at, {}, {}, frozenset(), whole),
-        commits,
-        by_txn,
-    )
-
-
-def _apply(state: MemoryState, commits: Sequence[Commit], by_txn: dict[str, list[MemoryRow]]) -> MemoryState:
-    feedback = dict(state.feedback)
-    guidelines = dict(state.guidelines)
-    pending = set(state.pending)
-    missing = set(state.missing)
-    last = None
-    for c in commits:
-        for kind, ids in c.drops.items():
-            target = feedback if kind == "feedback" else guidelines
-            for i in ids:
-                target.pop(i, None)
-                missing.discard((kind, i))
-                if kind == "feedback":
-                    pending.discard(i)
-        written = by_txn.get(c.txn, [])
-        for r in written:
-            missing.discard((r.kind, r.item_id))
-            if r.kind == "feedback":
-                feedback[r.item_id] = r
-                (pending.add if r.pending else pending.discard)(r.item_id)
-            else:
-                guidelines[r.item_id] = r
-        found = {(r.kind, r.item_id) for r in written}
-        for kind, ids in c.puts.items():
-            for i in ids:
-                if (kind, i) not in found:
-                    missing.add((kind, i))  # committed, then erased by a purge
-                    (feedback if kind == "feedback" else guidelines).pop(i, None)
-        pending |= {i for i in c.pending_on if i in feedback}
-        pending -= set(c.pending_off)
-        last = c
-    if last is None:
-        return state
-    return replace(
-        state,
-        seq=last.seq,
-        version=last.version,
-        spec_json=last.spec_json,
-        feedback=feedback,
-        guidelines=guidelines,
-        pending=frozenset(pending),
-        missing=frozenset(missing),
-    )
 
 
 def _overlaps(change: Change, gen: str, commits: Sequence[Commit]) -> bool:
@@ -297,7 +200,7 @@ class Ledger:
             by_txn: dict[str, list[MemoryRow]] = {}
             for r in rows:
                 by_txn.setdefault(r.txn, []).append(r)
-            state = _apply(cached, newer, by_txn)
+            state = apply_commits(cached, newer, by_txn)
             if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
                 state = self._rebuild(name, gen)  # grown past the budget: hold vectors only from now on
         else:
@@ -420,7 +323,7 @@ class Ledger:
             self._commits[name] = (cached[0], [*cached[1], commit])
         state = self._states.get(name)
         if state is not None and state.gen == commit.gen and state.seq == commit.seq - 1:
-            state = _apply(state, [commit], {commit.txn: rows})
+            state = apply_commits(state, [commit], {commit.txn: rows})
             if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
                 self._states.pop(name, None)  # past the budget: the next read rebuilds it with vectors only
             else:
