@@ -145,9 +145,8 @@ def test_purge_rewrites_a_large_fragment_with_one_deletion(engines: EngineFactor
     # Without purge the removed item is history: the older version still holds it and can be restored.
     assert "n-300" in engine.state_at(JUDGE, added.judge_version).feedback
     engine.remove_feedback(JUDGE, ["n-300"], purge=True)
-    # A delete alone only marks the row in a deletion vector; purge must rewrite the 600-row fragment. What
-    # remains: the pruned version, and the one releasing the purge lease (its one deleted row is the lease).
-    assert engine.store.residue() == (2, 1)
+    # A delete alone only marks the row in a deletion vector; purge must rewrite the 600-row fragment.
+    assert engine.store.residue() == (1, 0)
     with pytest.raises(PurgedContentError, match="n-300"):
         engine.state_at(JUDGE, added.judge_version)
     assert engine.list_feedback(JUDGE, limit=500, offset=500).total == 599

@@ -82,17 +82,22 @@ def _grep(root: Path, needle: str) -> list[str]:
     return found.stdout.split()
 
 
-def test_purge_leaves_a_removed_id_in_no_file(engines: EngineFactory) -> None:
+def test_purge_leaves_a_removed_item_only_as_a_history_tombstone(engines: EngineFactory) -> None:
     engine = engines.open(with_model=False)
     engine.create_judge(SPEC)
     secret = "ZQX-7781-CUSTOMER-NAME"
     engine.add_feedback(JUDGE, _items(0, 1000))
-    engine.add_feedback(JUDGE, [_items(0, 1, prefix=secret)[0]])
+    item = _items(0, 1, prefix="leak")[0] | {"outputs": f"Your name is {secret}."}
+    engine.add_feedback(JUDGE, [item])
     engine.add_feedback(JUDGE, _items(1000, 1000))
     engine.add_feedback(JUDGE, _items(2000, 1000))  # enough new rows that the indexes are rebuilt
-    # The B-tree on id compresses its pages now that keys share long prefixes, so grep sees only the data
-    # file; purge rebuilds every index from the live rows before pruning (store.erase) all the same.
-    assert _grep(engines.data_dir, secret), "the id must be on disk before the purge, or this proves nothing"
-    engine.remove_feedback(JUDGE, [f"{secret}-0"], purge=True)
+    assert _grep(engines.data_dir, secret), (
+        "the text must be on disk before the purge, or this proves nothing"
+    )
+    assert any("memory_v2" in path for path in _grep(engines.data_dir, "leak-0"))
+    engine.remove_feedback(JUDGE, ["leak-0"], purge=True)
     assert _grep(engines.data_dir, secret) == []
+    # The id stays in the commit log only: history keeps a tombstone (id, when, who) of what was purged.
+    assert all("commits.lance" in path for path in _grep(engines.data_dir, "leak-0"))
+    assert engine.judge_history(JUDGE).versions[0].summary.purged == ["leak-0"]
     assert engine.score(JUDGE, "Question 5 about the discount and item 5", "Answer 5").examples_used

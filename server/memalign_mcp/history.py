@@ -20,10 +20,12 @@ from memalign_mcp.models import (
     VersionRecord,
     VersionSummary,
 )
-from memalign_mcp.records import MemoryRow, Summary
+from memalign_mcp.records import MemoryRow, Summary, txn_age_s
 from memalign_mcp.transaction import Change, MemoryState
 
 # Spec fields update_judge may change; name and feedback_type stay (stored verdicts are of that type).
+# A transaction without a commit this old was abandoned (its writer died): no write takes this long.
+ORPHAN_AGE_S = 600.0
 UPDATABLE = ("instructions", "model", "retrieval_k", "choices", "min_value", "max_value")
 
 
@@ -176,8 +178,10 @@ class HistoryService(JudgeService):
             committed = {c.txn for c in self.ledger.generation(name)}
             doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
             doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
-            # Rows of a transaction that never committed (its writer was killed) may hold derived text.
-            doomed |= {r.key for r in rows if r.txn not in committed}
+            # Rows of a transaction that never committed (its writer was killed) may hold derived text. A
+            # writer appends its rows before it claims its commit, so only orphans older than any write in
+            # flight can be: younger ones are left for a later purge.
+            doomed |= {r.key for r in rows if r.txn not in committed and txn_age_s(r.txn) > ORPHAN_AGE_S}
             erased = self.store.erase_keys(sorted(doomed))
         return erased
 

@@ -11,6 +11,8 @@ an interrupted or losing transaction ("orphans") are never read as memory.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -26,6 +28,19 @@ Matrix = NDArray[np.float32]
 
 # What a commit did to the judge: create, feed, distil, remove, delete and the rest (see transaction.py).
 Op = Literal["create", "add", "distill", "remove", "delete", "update", "rollback", "guideline", "purge"]
+
+
+def new_txn() -> str:
+    """A fresh transaction id: its start time (ns, hex) then randomness, so an orphan's age can be read off it."""
+    return f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
+
+
+def txn_age_s(txn: str) -> float:
+    """Seconds since a transaction (made by new_txn) started; infinite for an id of another form."""
+    try:
+        return (time.time_ns() - int(txn[:16], 16)) / 1e9
+    except ValueError:
+        return float("inf")
 
 
 def row_key(txn: str, kind: str, item_id: str) -> str:

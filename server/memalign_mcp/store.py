@@ -1,20 +1,17 @@
-"""The LanceDB store: one table holds every judge's memory rows and the commits that make them visible.
+"""The LanceDB store: memory rows, the commit log that makes them visible, and the store's metadata.
 
 This is the only module that imports lancedb. It owns the on-disk layout:
 - `memory_v2`: immutable row versions of feedback items and guidelines (vector, text, body, provenance), each
   tagged with the transaction (`txn`) that wrote it and the judge generation (`gen`) it belongs to, keyed
-  `r:<txn>:<kind>:<item id>`; and one commit row per change of a judge, keyed `c:<judge>:<seq>`.
+  `r:<txn>:<kind>:<item id>`. Rows are appended, never edited (purge aside).
+- `commits` (commit_log.py): one row per change of a judge, keyed `c:<judge>:<seq>`, and the lease row.
 - `store_meta`: which embedding model and dimension built the vectors; a store refuses to mix models.
 
-Why one table and a commit row (measured on LanceDB 0.40, see transaction.py): a LanceDB commit is atomic for one
-table only, and `merge_insert(...).when_not_matched_insert_all()` on an unenforced primary key is an
-insert-if-absent that LanceDB arbitrates between processes (4 processes racing for 150 keys: each key won by
-exactly one writer, and each writer's `num_inserted_rows` told it truly whether it won), but only when the merge
-does not use the B-tree index on `id`: with the index, 7 to 10 of 100 contended keys were won by two writers
-(`.use_index(False)` measured 0 in 4 x 100, twice). So a change writes its
-rows and its commit row in one merge: both or neither become durable, and of two writers of the same commit
-number exactly one wins. The loser's rows land without a commit, are invisible to readers, and are deleted at
-once (or, after a crash, by `purge`/`tidy`). This needs no file lock, so it holds on object storage too.
+A change appends its rows, then claims its commit number with an insert-if-absent into the commit log (measured
+on LanceDB 0.40 to be exclusive between processes when the merge uses no scalar index; see commit_log.py). Rows
+count only through their commit (transaction.py replays commits), so a crash between the two steps, or a lost
+claim, leaves invisible orphans, which the loser deletes at once and purge collects after a crash. No file lock
+is used, so this holds on object storage too.
 
 It knows nothing of judging, prompts or models, and never embeds text itself: vectors come in ready-made.
 """
@@ -24,11 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -37,10 +31,13 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStubs]
 
+from memalign_mcp.commit_log import SCHEMA as COMMITS_SCHEMA
+from memalign_mcp.commit_log import CommitLog
 from memalign_mcp.errors import EmbeddingMismatchError
-from memalign_mcp.records import Commit, Kind, MemoryRow, commit_key
+from memalign_mcp.records import Commit, Kind, MemoryRow
 
 _MEMORY = "memory_v2"
+_COMMITS = "commits"
 _META = "store_meta"
 log = logging.getLogger(__name__)
 _COMMIT_RETRIES = 20
@@ -50,10 +47,6 @@ _UNINDEXED_ROWS = 2_000
 _TIDY_EVERY = 100
 # Versions younger than this are kept, so readers in other processes never lose the version they read.
 _KEEP_VERSIONS = timedelta(hours=1)
-_LEASE = "l:purge"
-_LEASE_TTL_S = 120.0  # a purge killed half-way blocks writers at most this long
-_LEASE_FENCE_S = 0.5  # a write that saw no lease has this long to finish before erasure starts
-_LEASE_POLL_S = 0.05
 _DATA_COLUMNS = ["id", "kind", "item_id", "txn", "gen", "vector", "pending", "created_at", "content_hash"]
 
 
@@ -82,6 +75,7 @@ class MemoryStore:
         self._write_lock = threading.RLock()
         self.dim = self._check_meta(embedding_dim)
         self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
+        self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
         self._writes = 0
         self._held = threading.local()  # the lease this thread holds, if any (see exclusive)
         self._index_memory(only_missing=True)
@@ -97,7 +91,6 @@ class MemoryStore:
                 pa.field("item_id", pa.string(), nullable=False),
                 pa.field("gen", pa.string(), nullable=False),
                 pa.field("txn", pa.string(), nullable=False),
-                pa.field("seq", pa.int64(), nullable=False),  # commits only; 0 on data rows
                 pa.field("vector", pa.list_(pa.float32(), self.dim)),
                 pa.field("text", pa.string()),
                 pa.field("body", pa.string()),
@@ -154,8 +147,8 @@ class MemoryStore:
 
     @property
     def version(self) -> int:
-        """The table's version: it changes with every write by any process (a cheap check, ~0.2 ms locally)."""
-        return int(self._memory.version)
+        """The commit log's version: every commit by any process changes it (a cheap check, ~0.2 ms locally)."""
+        return self.log.version
 
     # --- 0.1 stores ----------------------------------------------------------------------------------------
 
@@ -179,88 +172,39 @@ class MemoryStore:
             except (ValueError, OSError, RuntimeError) as exc:  # another process dropped it first
                 log.info("0.1 table %r already gone: %s", name, exc)
 
-    # --- the purge lease ----------------------------------------------------------------------------------
+    # --- the lease (see commit_log.py) ---------------------------------------------------------------------
 
-    def _lease(self) -> dict[str, Any] | None:
-        found = self._memory.search().where(f"id = {_q(_LEASE)}").select(["txn", "body"]).limit(1).to_arrow()
-        rows = found.to_pylist()
-        return rows[0] if rows else None
-
-    def lease_holder(self) -> str | None:
-        """Who holds the purge lease now (unexpired), or None."""
-        lease = self._lease()
-        if lease is None:
-            return None
-        return lease["txn"] if time.time() < float(json.loads(lease["body"])["expires"]) else None
+    def exclusive(self, *, fence: bool = True) -> Any:
+        """Hold the lease that every writer of every process waits for (see CommitLog.exclusive)."""
+        return self.log.exclusive(fence=fence)
 
     def holding(self) -> bool:
         """True when this thread holds the lease."""
-        return getattr(self._held, "holder", None) is not None
+        return self.log.holding()
+
+    def lease_holder(self) -> str | None:
+        """Who holds the lease now, or None."""
+        return self.log.lease_holder()
 
     def wait_for_lease(self) -> None:
-        """Wait while another's lease is active (bounded by its expiry): every writer honours it."""
-        mine = getattr(self._held, "holder", None)
-        while (holder := self.lease_holder()) is not None and holder != mine:
-            time.sleep(_LEASE_POLL_S)
-
-    @contextmanager  # pyright: ignore[reportDeprecated]  # the typeshed deprecation is for generator-less uses
-    def exclusive(self, *, fence: bool = True) -> Iterator[None]:
-        """Hold the lease: every writer of every process (this thread aside) waits until it is released.
-
-        Purge prunes every old version, which fails any write still working from one, and it judges rows
-        without a commit to be orphans, which is true only while no write is half-way. So erasure runs alone.
-        The lease is a row inserted if absent (exclusive between processes, as commits are), with an expiry
-        so that a purge killed half-way blocks nobody for long; after taking it, purge waits out one fence so
-        that writes which checked before it finish first (`fence=False` skips that wait for a change that
-        runs alone: a write that slipped in is caught by its commit check). It needs no file lock, so it
-        holds on object storage.
-        """
-        if getattr(self._held, "holder", None) is not None:
-            yield  # this thread holds it already
-            return
-        holder = uuid.uuid4().hex
-        while True:
-            self.wait_for_lease()
-            body = json.dumps({"expires": time.time() + _LEASE_TTL_S})
-            stale = self._lease()
-            if stale is not None:  # expired: remove exactly that lease, then race for a new one
-                where = f"id = {_q(_LEASE)} AND txn = {_q(stale['txn'])}"
-                self._retry(lambda w=where: self._memory.delete(w))
-            record = self._commit_record(
-                Commit(_LEASE, 0, "", holder, 0, "purge", None, datetime.now(UTC), "")
-            ) | {"id": _LEASE, "kind": "lease", "body": body}
-            table = pa.Table.from_pylist([record], schema=self._memory.schema)
-            result = (
-                self._memory.merge_insert("id").when_not_matched_insert_all().use_index(False).execute(table)
-            )
-            if int(result.num_inserted_rows) == 1:
-                break
-        self._held.holder = holder
-        try:
-            if fence:
-                time.sleep(_LEASE_FENCE_S)
-            yield
-        finally:
-            self._held.holder = None
-            self._retry(lambda: self._memory.delete(f"id = {_q(_LEASE)} AND txn = {_q(holder)}"))
+        """Wait while another's lease is active."""
+        self.log.wait_for_lease()
 
     def commit(self, commit: Commit, rows: Sequence[MemoryRow]) -> bool:
-        """Write a change's rows and its commit row in one LanceDB commit; False if `commit.seq` was taken.
+        """Append a change's rows, then claim its commit number; False if another writer had claimed it.
 
-        A False return means another writer committed that number first: our rows were written without a
-        commit, so they are invisible, and they are deleted here before returning.
+        The rows are invisible until the commit row exists (readers replay commits), so a crash between the
+        two leaves only orphans. A False return means another writer committed that number first: our rows
+        are deleted here before returning.
         """
-        records = [self._to_record(r) for r in rows]
-        records.append(self._commit_record(commit))
-        table = pa.Table.from_pylist(records, schema=self._memory.schema)
         self.wait_for_lease()
         with self._write_lock:
-            result = (
-                self._memory.merge_insert("id").when_not_matched_insert_all().use_index(False).execute(table)
-            )
+            if rows:
+                table = pa.Table.from_pylist([self._to_record(r) for r in rows], schema=self._memory.schema)
+                self._memory.add(table)
+            won = self.log.claim(commit)
             self._after_write()
-        won = int(result.num_inserted_rows) == len(records)
-        if not won:
+        if not won and rows:
             self.delete_orphans([commit.txn])
         return won
 
@@ -277,9 +221,7 @@ class MemoryStore:
         """Delete every data row of a judge generation (after the commit that deleted the judge hid them)."""
         self.wait_for_lease()
         with self._write_lock:
-            self._retry(
-                lambda: self._memory.delete(f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind <> 'commit'")
-            )
+            self._retry(lambda: self._memory.delete(f"judge = {_q(judge)} AND gen = {_q(gen)}"))
             self._count_write()
 
     @staticmethod
@@ -289,23 +231,11 @@ class MemoryStore:
 
     def commits(self, judge: str, after: int = 0) -> list[Commit]:
         """A judge name's commits numbered above `after`, in order."""
-        where = f"id > {_q(commit_key(judge, after))} AND id < {_q(f'c:{judge};')}"
-        return self._commits_where(where)
+        return self.log.commits(judge, after)
 
     def all_commits(self) -> list[Commit]:
         """Every commit of every judge name, in order per name."""
-        return self._commits_where("kind = 'commit'")
-
-    def _commits_where(self, where: str) -> list[Commit]:
-        cols = ["judge", "seq", "txn", "created_at", "body"]
-        records = self._memory.search().where(where).select(cols).limit(None).to_arrow().to_pylist()
-        # Keyed by (judge, seq): a row copied twice by a concurrent rewrite (seen with LanceDB 0.40) is one commit.
-        unique = {(r["judge"], r["seq"]): r for r in records}
-        out = [
-            Commit.from_json(r["judge"], r["seq"], r["txn"], r["created_at"], r["body"])
-            for r in unique.values()
-        ]
-        return sorted(out, key=lambda c: (c.judge, c.seq))
+        return self.log.all_commits()
 
     # --- memory rows --------------------------------------------------------------------------------------
 
@@ -388,6 +318,7 @@ class MemoryStore:
         with self.exclusive(), self._write_lock:
             try:
                 self._memory.optimize(cleanup_older_than=_KEEP_VERSIONS)
+                self.log.tidy(_KEEP_VERSIONS)
                 if reindex:
                     self._index_memory()
             except (RuntimeError, OSError) as exc:
@@ -492,24 +423,6 @@ class MemoryStore:
         records = table.drop_columns(["vector"]).to_pylist()
         return [self._from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
 
-    def _commit_record(self, c: Commit) -> dict[str, Any]:
-        return {
-            "id": commit_key(c.judge, c.seq),
-            "judge": c.judge,
-            "kind": "commit",
-            "item_id": str(c.seq),
-            "gen": c.gen,
-            "txn": c.txn,
-            "seq": c.seq,
-            "vector": np.zeros(self.dim, dtype=np.float32),
-            "text": "",
-            "body": c.to_json(),
-            "sources": [],
-            "content_hash": "",
-            "pending": False,
-            "created_at": c.created_at,
-        }
-
     def _to_record(self, row: MemoryRow) -> dict[str, Any]:
         vector = np.asarray(row.vector, dtype=np.float32)
         if vector.shape != (self.dim,):
@@ -523,7 +436,6 @@ class MemoryStore:
             "item_id": row.item_id,
             "gen": row.gen,
             "txn": row.txn,
-            "seq": 0,
             "vector": vector,
             "text": row.text,
             "body": json.dumps(row.body, ensure_ascii=False, sort_keys=True),

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
 from memalign_mcp.memory_state import MemoryState, apply_commits, replay
-from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary
+from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary, new_txn
 from memalign_mcp.store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class Ledger:
         that many writers of one judge do not all race for every number (measured: escalating to the lease
         after a few lost races made the stress run three times slower, the lease not being a fair queue).
         """
-        txn = uuid.uuid4().hex
+        txn = new_txn()
         for lost in itertools.count():
             if lost:
                 time.sleep(random.uniform(0, 0.005 * min(lost, 10)))
@@ -372,7 +372,7 @@ class Ledger:
             head = self.head(name)
             if head is not None and (only_if_new_name or not head.deleted):
                 return None
-            gen, txn = uuid.uuid4().hex, uuid.uuid4().hex
+            gen, txn = uuid.uuid4().hex, new_txn()
             puts: dict[Kind, list[str]] = {}
             for r in rows:
                 puts.setdefault(r.kind, []).append(r.item_id)
@@ -402,9 +402,7 @@ class Ledger:
             head = self.head(name)
             assert head is not None
             commit = replace(
-                self._record(
-                    name, head, gen=state.gen, txn=uuid.uuid4().hex, change=Change(op="delete"), who=who
-                ),
+                self._record(name, head, gen=state.gen, txn=new_txn(), change=Change(op="delete"), who=who),
                 summary=Summary(
                     feedback_removed=tuple(sorted(state.feedback)),
                     guidelines_removed=tuple(sorted(state.guidelines)),
