@@ -6,24 +6,27 @@ goes through `Ledger.change`, and nothing else in the engine writes to the store
 2. `prepare` computes everything off to the side from that state: embeddings, distillation, re-derivation,
    merges. It may call models and may fail; nothing has been written yet, so a failure leaves the judge as it
    was, for every reader in every process;
-3. commit: the rows and a commit row numbered seq+1 go to the store in one LanceDB commit, as an insert that
-   fails if seq+1 is taken (see store.py for why this is exclusive between processes, on local disk and on
-   object storage alike). If another writer took it, the commits in between are compared with what the change
-   read and wrote: when they touched none of it (two adds of different items), the change is committed on top
-   of them unchanged; when they did (a removal of an item this change distilled from, a guideline edited
-   meanwhile, the judge deleted), the change is prepared again from the new state.
+3. commit: the rows are appended to the memory table, then a commit row numbered seq+1 is inserted into the
+   commit log if that number is free (see commit_log.py for why this is exclusive between processes, on local
+   disk and object storage alike). If another writer took it, the commits in between are compared with what
+   the change read and wrote: when they touched none of it (two adds of different items), the change is
+   committed on top of them unchanged; when they did (a removal of an item this change distilled from, a
+   guideline edited meanwhile, the judge deleted), the change is prepared again from the new state. A change
+   overlapped three times runs alone under the lease, so a slow one is not starved by fast ones.
 
 Readers build a judge's state by replaying its commits: rows become visible only through the commit of their
 transaction, so a change interrupted at any instant (an exception, a SIGKILL) leaves either no commit (its rows
 are orphans: invisible, deleted later) or the whole commit. Caches are keyed by (generation, commit number), which
 every commit changes, and a deleted and re-created judge has a new generation, so it never sees the old rows.
 
-What LanceDB 0.40 offered and what it did not (measured; see the closing note of the transactions issue):
-- offered: atomic single-table commits; `merge_insert` insert-if-absent arbitrated across processes, with truthful
-  `num_inserted_rows`; `when_not_matched_by_source_delete` with a condition (used by purge); row addresses.
+What LanceDB 0.40 offered and what it did not (measured; see BENCHMARKS.md and the transactions issue's note):
+- offered: atomic single-table commits; `merge_insert` insert-if-absent arbitrated across processes with a
+  truthful `num_inserted_rows`, but only when the merge uses no scalar index on the key (with a B-tree, 7-21 of
+  60-200 contended keys were won twice); `when_not_matched_by_source_delete` with a condition (purge); row
+  addresses; version checks cheap enough to run on every read.
 - not offered: multi-table atomic commits; a conditional commit on a logical predicate ("only if the judge is
-  still at version v"): `when_matched_update_all(where=...)` skips the rows that fail but commits the rest.
-  Hence the commit row and the replay.
+  still at version v"): `when_matched_update_all(where=...)` skips the rows that fail but commits the rest;
+  an index-backed insert-if-absent that stays exclusive. Hence the commit log, invisible rows and the replay.
 """
 
 from __future__ import annotations
