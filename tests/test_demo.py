@@ -6,21 +6,22 @@ import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
-from conftest import REPO
 from memalign_mcp.seed_scenario import INSTRUCTIONS
+from memalign_mcp.settings import PACKAGED_CONFIG_DIR
 
 
 def test_shipped_judge_file_matches_the_demo_spec() -> None:
-    shipped = tomllib.loads((REPO / "configs" / "judges" / "helpfulness.toml").read_text(encoding="utf-8"))
+    shipped = tomllib.loads((PACKAGED_CONFIG_DIR / "judges" / "helpfulness.toml").read_text(encoding="utf-8"))
     assert shipped["instructions"] == INSTRUCTIONS  # else the demo's create_judge would be refused
 
 
-def test_demo_runs_the_whole_workflow_and_says_it_has_no_model() -> None:
+def test_demo_runs_the_whole_workflow_and_says_it_has_no_model(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMALIGN_")}
     done = subprocess.run(
         [sys.executable, "-m", "memalign_mcp.cli", "demo"],
-        cwd=REPO,
+        cwd=tmp_path,  # not the checkout: the shipped config must be found from anywhere
         env=env,
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ from typing import Any
 
 from memalign_mcp import __version__
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import DEFAULT_CONFIG, Settings, load_settings
+from memalign_mcp.settings import Settings, load_settings
 
 EXIT_OK = 0
 EXIT_BAD_SETTING = 2
@@ -31,7 +31,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="PATH",
         default=None,
-        help=f"TOML settings file (default: {DEFAULT_CONFIG} when it exists)",
+        help=(
+            "TOML settings laid over the packaged defaults (default: $MEMALIGN_CONFIG, else "
+            "$XDG_CONFIG_HOME/memalign-mcp/config.toml when it exists)"
+        ),
     )
     parser.add_argument(
         "--data-dir", metavar="DIR", default=None, help="directory of the LanceDB store (MEMALIGN_DATA_DIR)"
