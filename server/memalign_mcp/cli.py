@@ -25,8 +25,8 @@ EXIT_INTERRUPTED = 130
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every subcommand shares: where settings and the store are."""
+def _add_settings_flags(parser: argparse.ArgumentParser, *, log_level: str = "INFO") -> None:
+    """The flags every subcommand shares: where settings and the store are, and how much to log."""
     parser.add_argument(
         "--config",
         metavar="PATH",
@@ -41,9 +41,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="level of the log written to stderr (default: INFO)",
+        help=f"level of the log written to stderr (default: {log_level})",
     )
 
 
@@ -77,11 +77,21 @@ def _add_serve(commands: Any) -> None:
     parser.set_defaults(command=_serve)
 
 
-def _demo(_args: argparse.Namespace, _settings: Settings) -> int:
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the seed workflow through a real MCP client against `serve` in a subprocess."""
-    from memalign_mcp.demo import main as demo_main
+    from pathlib import Path
 
-    return demo_main()
+    from memalign_mcp.demo import DemoOptions
+    from memalign_mcp.demo import main as demo_main
+    from memalign_mcp.settings import chosen_config_file
+
+    chosen = chosen_config_file(args.config, os.environ)
+    options = DemoOptions(
+        config=chosen[1] if chosen else None,
+        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        log_level=args.log_level,
+    )
+    return demo_main(settings, options)
 
 
 def _add_demo(commands: Any) -> None:
@@ -91,10 +101,11 @@ def _add_demo(commands: Any) -> None:
         description=(
             "Create the helpfulness judge, score a baseline, add feedback, show guidelines, score again, "
             "remove the 'sweater' feedback and score again, all through an MCP client talking to "
-            "`memalign-mcp serve` over stdio, in a temporary store. Uses MEMALIGN_MODEL when set."
+            "`memalign-mcp serve` over stdio, in a temporary store unless --data-dir is given. Uses the "
+            "configured model (MEMALIGN_MODEL or the config file) when set."
         ),
     )
-    _add_settings_flags(parser)
+    _add_settings_flags(parser, log_level="WARNING")
     parser.set_defaults(command=_demo)
 
 
