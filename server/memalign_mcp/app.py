@@ -22,14 +22,20 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp_types import ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedToolError,
+)
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import Field, ValidationError
 
 from memalign_mcp import __version__
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.evaluation import EvaluationReport
 from memalign_mcp.guides import review_guidelines_text, self_check_text
+from memalign_mcp.invalid_input import argument_error
 from memalign_mcp.models import (
     AddFeedbackResult,
     DeleteJudgeResult,
@@ -202,12 +208,31 @@ DESTRUCTIVE_IDEMPOTENT = _annotations(read_only=False, destructive=True, idempot
 DESTRUCTIVE = _annotations(read_only=False, destructive=True, idempotent=False, open_world=False)
 
 
+class JudgeServer(MCPServer[EngineHandle]):
+    """The SDK's server, with its argument errors in the engine's one-line shape instead of pydantic's dump."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Ctx | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """Call a tool; arguments that do not fit its schema fail naming the field, the value and the type."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # The SDK raises a ToolError caused by the ValidationError when the arguments do not fit the schema.
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            raise ToolError(
+                f"Error executing tool {name}: {argument_error(name, cause, arguments)}"
+            ) from cause
+
+
 def build_server(
     settings: Settings,
     engine_factory: EngineFactory = open_default_engine,
     *,
     log_level: LogLevel = "INFO",
-) -> MCPServer[EngineHandle]:
+) -> JudgeServer:
     """The MCP server for these settings; its lifespan opens the engine (in the background) once per run."""
 
     @asynccontextmanager
@@ -218,7 +243,7 @@ def build_server(
             yield handle
             # Leaving waits for an open still in progress: a worker thread cannot be interrupted.
 
-    server = MCPServer[EngineHandle](
+    server = JudgeServer(
         "memalign-mcp",
         title="memalign-mcp: judges that learn from feedback",
         instructions=SERVER_INSTRUCTIONS,
