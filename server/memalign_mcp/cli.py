@@ -111,45 +111,18 @@ def _add_demo(commands: Any) -> None:
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     """Score a labelled set or the judge's own feedback, print Markdown, write JSON, Markdown and PNG."""
-    import json
     from pathlib import Path
 
-    from memalign_mcp.engine import open_engine
-    from memalign_mcp.errors import MemAlignError
-    from memalign_mcp.models import LabelledExample
-    from memalign_mcp.report import render_markdown, write_report
+    from memalign_mcp.eval_command import run_eval
 
-    try:
-        engine = open_engine(settings)
-        dataset = None
-        if args.dataset:
-            lines = Path(args.dataset).read_text(encoding="utf-8").splitlines()
-            dataset = [LabelledExample.model_validate(json.loads(line)) for line in lines if line.strip()]
-            if args.limit:
-                dataset = dataset[: args.limit]
-
-        def progress(done: int, total: int, _message: str) -> None:
-            width = 30
-            filled = width * done // max(total, 1)
-            print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        report = engine.evaluate(
-            args.judge, dataset, compare_baseline=args.compare_baseline, progress=progress
-        )
-        print(file=sys.stderr)
-    except (MemAlignError, OSError, ValueError) as exc:
-        print(f"memalign-mcp eval: {exc}", file=sys.stderr)
-        return 1
-    label = args.dataset or "leave-one-out over the judge's feedback"
-    paths = write_report(report, args.out, dataset=label)
-    print(render_markdown(report, dataset=label))
-    print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
-    return EXIT_OK
+    return run_eval(
+        settings,
+        args.judge,
+        Path(args.dataset) if args.dataset else None,
+        limit=args.limit,
+        compare_baseline=args.compare_baseline,
+        out=Path(args.out),
+    )
 
 
 def _add_eval(commands: Any) -> None:
