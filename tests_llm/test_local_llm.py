@@ -212,9 +212,21 @@ def test_a_20_item_feedbackqa_eval_completes(model_env: dict[str, str], tmp_path
     )
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     aligned = report["aligned"]
-    _say(f"  eval accuracy {aligned['accuracy']} (quality not measured: a 135M model)")
+    failed = [
+        item for item in report["items"] if item.get("error")
+    ]  # left out of the figures, with the reason
+    _say(
+        f"  eval: {aligned['n_scored']} of {EVAL_ITEMS} given a verdict, {aligned['n_abstained']} abstained, "
+        f"{len(failed)} failed to score; accuracy {aligned['accuracy']} (quality not measured: a 135M model)"
+    )
+    for line, item in failed[:3]:
+        _say(f"  eval item on line {line} failed: {item['error'][:300]}")
     assert report["n_items"] == EVAL_ITEMS
     assert report["model"] == "openai/smollm2"
     assert len(report["items"]) == EVAL_ITEMS
-    assert all(isinstance(item["aligned"], bool) for item in report["items"])
-    assert aligned["accuracy"] is None or 0 <= aligned["accuracy"] <= 1
+    assert all(item["aligned"] is None or isinstance(item["aligned"], bool) for item in report["items"])
+    assert aligned["n_items"] + len(failed) == EVAL_ITEMS
+    assert aligned["n_scored"] + aligned["n_abstained"] == aligned["n_items"]
+    assert aligned["n_scored"] > 0, "no item got a verdict: the run completed but measured nothing"
+    assert aligned["accuracy"] is not None
+    assert 0 <= aligned["accuracy"] <= 1
