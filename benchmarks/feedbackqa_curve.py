@@ -42,11 +42,11 @@ from memalign_mcp.evaluation import EvaluationReport
 from memalign_mcp.metrics import AgreementReport
 from memalign_mcp.models import FeedbackInput, JudgeSpec, LabelledExample
 from memalign_mcp.report import CurvePoint, comparison_table, draw_learning_curve
-from memalign_mcp.settings import DEFAULT_CONFIG, load_settings
+from memalign_mcp.settings import load_settings
 from run_record import describe, run_record
 
 RESULTS = REPO / "benchmarks" / "results"
-CONFIG = DEFAULT_CONFIG
+CONFIG = REPO / "configs" / "default.toml"
 JUDGE = "feedbackqa-helpful"
 INSTRUCTIONS = (
     "A user asked a public-service help site (government or health agency) this question:\n{{ inputs }}\n\n"

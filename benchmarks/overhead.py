@@ -51,7 +51,7 @@ from memalign_mcp.judge import VectorSnapshot
 from memalign_mcp.llm import Check, Completion, ModelClient
 from memalign_mcp.models import FeedbackInput, JudgeSpec
 from memalign_mcp.records import MemoryRow, Neighbour
-from memalign_mcp.settings import DEFAULT_CONFIG, Settings, load_settings
+from memalign_mcp.settings import Settings, load_settings
 from memalign_mcp.vote import memory_verdict
 from run_record import describe, percentile, run_record
 
@@ -60,7 +60,7 @@ from scripted_model import ScriptedModelServer  # tests/ holds the scripted mode
 from trivial_script import trivial_script
 
 RESULTS = REPO / "benchmarks" / "results"
-CONFIG = DEFAULT_CONFIG
+CONFIG = REPO / "configs" / "default.toml"
 INSTRUCTIONS = "Is {{ outputs }} a helpful answer to the question {{ inputs }}?"
 NOISE = 0.0125  # per-dimension sigma: a 384-d noise vector of norm ~0.25, cosine ~0.97 to its question
 CHUNK = 1000

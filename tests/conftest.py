@@ -15,12 +15,12 @@ from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedder
 from memalign_mcp.engine import open_engine
 from memalign_mcp.llm import close_cached_clients
-from memalign_mcp.settings import DEFAULT_CONFIG, load_settings
+from memalign_mcp.settings import load_settings
 from scripted_model import ScriptedModelServer
 from support_desk_model import support_desk
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = DEFAULT_CONFIG
+CONFIG = REPO / "configs" / "default.toml"
 
 
 @pytest.fixture(scope="session")

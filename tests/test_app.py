@@ -21,12 +21,12 @@ from mcp_types import CallToolResult, TextContent, TextResourceContents
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import DEFAULT_CONFIG, Settings, load_settings
+from memalign_mcp.settings import Settings, load_settings
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
 from support_desk_model import POLITE, support_desk
 
 pytestmark = pytest.mark.anyio
-CONFIG = DEFAULT_CONFIG
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 SCRIPTED = "openai/scripted"
 RUDE = {"inputs": "Where is my order?", "outputs": "Not my problem, look it up yourself.", "value": False}
 KIND = {
@@ -166,7 +166,7 @@ async def test_list_judges_shows_each_judge_with_memory_version_and_counts(clien
     await make_judge(client, "counted")
     await ok(client, "add_feedback", judge="counted", feedback=[RUDE | {"rationale": "Rude.", "id": "c1"}])
     judges = {j["name"]: j for j in (await ok(client, "list_judges"))["judges"]}
-    assert "helpfulness" in judges  # shipped in memalign_mcp/config/judges
+    assert "helpfulness" in judges  # shipped in configs/judges
     counted = judges["counted"]
     assert counted["memory_version"] == 1
     assert (counted["feedback_count"], counted["guideline_count"], counted["pending_count"]) == (1, 0, 1)

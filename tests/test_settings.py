@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from memalign_mcp.engine import read_judge_files
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import Settings, load_settings
+from memalign_mcp.settings import PACKAGED_CONFIG_DIR, Settings, load_settings
 
 
 def _config(tmp_path: Path, text: str) -> Path:
@@ -108,3 +108,8 @@ def test_the_example_config_in_configs_loads(tmp_path: Path) -> None:
     settings = load_settings(REPO / "configs" / "example.toml", env={})
     assert settings.model.api_base.startswith("http://127.0.0.1")
     assert _shipped_judges(settings) == ["helpfulness"]  # its judges_dir is commented out
+
+
+def test_the_packaged_config_is_the_repositorys_configs_directory() -> None:
+    # One copy of truth: in a checkout the package's config/ is a link to configs/, which the wheel carries.
+    assert PACKAGED_CONFIG_DIR.resolve() == (REPO / "configs").resolve()

@@ -10,7 +10,7 @@ from typing import Any
 
 JUDGE = "helpfulness"
 SOURCE = "human_expert"
-# Must match memalign_mcp/config/judges/helpfulness.toml (a test checks), so create_judge on it is idempotent.
+# Must match configs/judges/helpfulness.toml (a test checks), so create_judge on it is idempotent.
 INSTRUCTIONS = (
     "Evaluate whether the customer support bot's response is helpful given the user query.\n\n"
     "User query: {{ inputs }}\n"

@@ -1,8 +1,8 @@
 """Settings: one pydantic model, loaded once from TOML files, then MEMALIGN_* variables, then flags.
 
 Where the files come from does not depend on the working directory: the configuration shipped inside the package
-(`memalign_mcp/config/default.toml` and its `judges/`) is always read first, then at most one file of the user's
-on top of it, section by section: `--config PATH`, else `$MEMALIGN_CONFIG`, else
+(`memalign_mcp/config/`: the repository's `configs/default.toml` and `configs/judges/`) is always read first, then
+at most one file of the user's on top of it, section by section: `--config PATH`, else `$MEMALIGN_CONFIG`, else
 `$XDG_CONFIG_HOME/memalign-mcp/config.toml` when it exists. A bad setting fails at start with a message that
 names the key, the value and what was expected. This module reads files and the environment it is handed; it
 opens no store and calls no model.
@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from memalign_mcp.errors import SettingsError
 from memalign_mcp.models import MEMORY_MODEL
 
-# The package is a directory on disk (wheel or editable install), so its resources are plain paths.
+# The one copy is the repository's configs/: in a checkout memalign_mcp/config is a symlink to it, and the wheel
+# carries its files there. The package is a directory on disk either way, so its resources are plain paths.
 PACKAGED_CONFIG_DIR = Path(str(resources.files("memalign_mcp") / "config"))
 DEFAULT_CONFIG = PACKAGED_CONFIG_DIR / "default.toml"
 CONFIG_ENV = "MEMALIGN_CONFIG"
