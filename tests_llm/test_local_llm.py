@@ -212,9 +212,8 @@ def test_a_20_item_feedbackqa_eval_completes(model_env: dict[str, str], tmp_path
     )
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     aligned = report["aligned"]
-    failed = [
-        item for item in report["items"] if item.get("error")
-    ]  # left out of the figures, with the reason
+    # An item the model could not score is left out of the figures, with the reason (the model seam's report).
+    failed = [(n, item) for n, item in enumerate(report["items"], start=1) if item.get("error")]
     _say(
         f"  eval: {aligned['n_scored']} of {EVAL_ITEMS} given a verdict, {aligned['n_abstained']} abstained, "
         f"{len(failed)} failed to score; accuracy {aligned['accuracy']} (quality not measured: a 135M model)"

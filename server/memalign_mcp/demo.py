@@ -137,7 +137,8 @@ def _server(options: DemoOptions, data_dir: Path) -> Any:
         env={
             k: v
             for k, v in os.environ.items()
-            if k.startswith(("MEMALIGN_", "OPENAI_", "ANTHROPIC_", "LITELLM_", "XDG_"))
+            # PYTHONPATH: the server must import the same memalign_mcp as this process (a source checkout).
+            if k.startswith(("MEMALIGN_", "OPENAI_", "ANTHROPIC_", "LITELLM_", "XDG_")) or k == "PYTHONPATH"
         },
     )
 
