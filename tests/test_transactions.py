@@ -195,7 +195,7 @@ def test_history_diff_and_rollback_make_a_new_version_equal_to_the_old_one(tmp_p
 
     rolled = engine.rollback_judge(JUDGE, first.judge_version)
     assert rolled.judge_version == removed.judge_version + 1
-    assert rolled.diff.feedback_added == ["sweater"]
+    assert rolled.summary.feedback_added == ["sweater"]
     fresh = open_worker_engine(str(tmp_path))
     assert content(fresh) == content_at(fresh, first.judge_version)
     history = fresh.judge_history(JUDGE)

@@ -119,13 +119,13 @@ class HistoryService(JudgeService):
                 restore_of=version,
             )
 
-        commit, before = self.ledger.change(name, prepare, who=who)
-        after = self.state(name)
+        commit, _ = self.ledger.change(name, prepare, who=who)
+        summary = commit.summary.as_dict() if commit is not None else {}
         return RollbackResult(
             judge=name,
-            judge_version=after.version,
+            judge_version=commit.version if commit is not None else self.state(name).version,
             restored_version=version,
-            diff=_diff(name, before, after) if commit is not None else _diff(name, after, after),
+            summary=VersionSummary(**summary),
         )
 
     def update_judge(self, name: str, changes: dict[str, Any], *, who: str | None = None) -> Judge:
