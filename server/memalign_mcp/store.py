@@ -303,24 +303,25 @@ class MemoryStore:
         """Keep a long-lived store fast: indexes rebuilt when stale, small fragments compacted now and then."""
         self._writes += 1
         stats = self._memory.index_stats("id_idx")
-        stale = stats is None or stats.num_unindexed_rows > _UNINDEXED_ROWS
-        if stale or self._writes % _TIDY_EVERY == 0:
-            self.tidy(reindex=stale)
+        if stats is None or stats.num_unindexed_rows > _UNINDEXED_ROWS:
+            self._index_memory()
+        if self._writes % _TIDY_EVERY == 0:
+            self.tidy()
 
-    def tidy(self, *, reindex: bool = False) -> None:
-        """Compact small fragments, prune versions older than an hour, rebuild stale indexes (housekeeping).
+    def tidy(self) -> None:
+        """Compact small fragments and prune versions older than an hour (housekeeping).
 
-        Each write makes a fragment and a version; without this, reads slow down as they pile up. It runs
-        under the purge lease, alone: measured with LanceDB 0.40, compactions racing other processes' commits
-        left duplicated rows, and once a commit row that queries then missed. Files that no version lists (a
-        write in flight elsewhere) are never touched: `delete_unverified` stays off.
+        Each write makes a fragment and a version; without this, reads slow down as they pile up. Compaction
+        racing other processes' appends was measured safe (LanceDB retries or rebases it); a conflict only
+        postpones the work. Skipped while a purge holds the lease (the purge compacts and prunes itself).
+        Files that no version lists (a write in flight elsewhere) are never touched: `delete_unverified` is off.
         """
-        with self.exclusive(), self._write_lock:
+        if self.lease_holder() is not None:
+            return
+        with self._write_lock:
             try:
                 self._memory.optimize(cleanup_older_than=_KEEP_VERSIONS)
                 self.log.tidy(_KEEP_VERSIONS)
-                if reindex:
-                    self._index_memory()
             except (RuntimeError, OSError) as exc:
                 log.warning("store housekeeping postponed: %s", exc)
 
