@@ -106,7 +106,7 @@ async def test_serve_speaks_mcp_over_stdio_and_logs_only_to_stderr(
         command=str(SERVER),
         args=["serve", "--data-dir", str(from_flag)],
         env=server_env(from_env),
-        cwd=str(REPO),
+        cwd=str(tmp_path),  # not the checkout: the shipped helpfulness judge must come from the package
     )
     stderr_path = tmp_path / "stderr.log"
     with (

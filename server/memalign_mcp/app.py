@@ -22,14 +22,21 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp_types import ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import (
+    ResourceError,
+    ResourceNotFoundError,
+    ToolError,
+    UnexpectedToolError,
+)
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp_types import Tool as MCPTool
+from pydantic import Field, ValidationError
 
 from memalign_mcp import __version__
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.evaluation import EvaluationReport
 from memalign_mcp.guides import review_guidelines_text, self_check_text
+from memalign_mcp.invalid_input import argument_error
 from memalign_mcp.models import (
     AddFeedbackResult,
     DeleteJudgeResult,
@@ -48,6 +55,7 @@ from memalign_mcp.models import (
     ScoreResult,
 )
 from memalign_mcp.settings import Settings
+from memalign_mcp.tool_schemas import compact_schema
 
 if TYPE_CHECKING:
     from memalign_mcp.alignment import MemAlignService
@@ -74,17 +82,15 @@ def _field(model: type[JudgeSpec], name: str) -> str:
 
 
 # Argument types: module-level because the SDK resolves string annotations against this module's globals.
-JudgeName = Annotated[str, Field(description="The judge's name, as list_judges shows it.")]
+JudgeName = Annotated[str, Field(description="Judge name (see list_judges).")]
 InputsArg = Annotated[
     JudgedText,
-    Field(description="What the judged response answers (the user's request): a string or a JSON object."),
+    Field(description="The request the response answers: a string or JSON object."),
 ]
-OutputsArg = Annotated[JudgedText, Field(description="The response to judge: a string or a JSON object.")]
+OutputsArg = Annotated[JudgedText, Field(description="The response to judge: a string or JSON object.")]
 ExpectationsArg = Annotated[
     JudgedText | None,
-    Field(
-        description="Optional reference answer or facts the response should match: a string or a JSON object."
-    ),
+    Field(description="Reference answer or facts to match: a string or JSON object."),
 ]
 Ctx = Context["EngineHandle", Any]
 
@@ -205,12 +211,43 @@ DESTRUCTIVE_IDEMPOTENT = _annotations(read_only=False, destructive=True, idempot
 DESTRUCTIVE = _annotations(read_only=False, destructive=True, idempotent=False, open_world=False)
 
 
+class JudgeServer(MCPServer[EngineHandle]):
+    """The SDK's server, with its argument errors in the engine's one-line shape instead of pydantic's dump."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Ctx | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """Call a tool; arguments that do not fit its schema fail naming the field, the value and the type."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # The SDK raises a ToolError caused by the ValidationError when the arguments do not fit the schema.
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            raise ToolError(
+                f"Error executing tool {name}: {argument_error(name, cause, arguments)}"
+            ) from cause
+
+    async def list_tools(self) -> list[MCPTool]:
+        """The tools with compact schemas: tools/list is read into every agent's context."""
+        return [
+            tool.model_copy(
+                update={
+                    "input_schema": compact_schema(tool.input_schema, output=False),
+                    "output_schema": tool.output_schema and compact_schema(tool.output_schema, output=True),
+                }
+            )
+            for tool in await super().list_tools()
+        ]
+
+
 def build_server(
     settings: Settings,
     engine_factory: EngineFactory = open_default_engine,
     *,
     log_level: LogLevel = "INFO",
-) -> MCPServer[EngineHandle]:
+) -> JudgeServer:
     """The MCP server for these settings; its lifespan opens the engine (in the background) once per run."""
 
     @asynccontextmanager
@@ -221,7 +258,7 @@ def build_server(
             yield handle
             # Leaving waits for an open still in progress: a worker thread cannot be interrupted.
 
-    server = MCPServer[EngineHandle](
+    server = JudgeServer(
         "memalign-mcp",
         title="memalign-mcp: judges that learn from feedback",
         instructions=SERVER_INSTRUCTIONS,
@@ -246,9 +283,7 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
         ctx: Ctx,
         feedback_type: Annotated[
             Literal["bool", "int", "float", "categorical", "text"],
-            Field(
-                description="The type of verdict: bool (pass/fail), int or float (a score), categorical, text."
-            ),
+            Field(description="Verdict type: bool (pass/fail), int or float (a score), categorical or text."),
         ] = "bool",
         choices: Annotated[list[str] | None, Field(description=_field(JudgeSpec, "choices"))] = None,
         min_value: Annotated[float | None, Field(description=_field(JudgeSpec, "min_value"))] = None,
@@ -256,14 +291,11 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
         model: Annotated[str | None, Field(description=_field(JudgeSpec, "model"))] = None,
         retrieval_k: Annotated[int | None, Field(description=_field(JudgeSpec, "retrieval_k"))] = None,
     ) -> Judge:
-        """Create a judge: an LLM evaluator that scores responses against your instructions and learns from
-        human feedback. Make one per quality you want checked (helpfulness, tone, factual accuracy...).
-        `instructions` is a template over {{ inputs }} and {{ outputs }}, optionally {{ expectations }}; no
-        other variables. `feedback_type` fixes what a verdict is: bool (the default), int or float within
-        [min_value, max_value], categorical (one of `choices`), or text. Calling again with the identical spec
-        returns the existing judge unchanged; a different spec under a taken name is refused (choose another
-        name, or delete_judge first). Without a model configured the judge answers from its memory of human
-        verdicts alone (model 'memory'). Next: score_response to judge a response, add_feedback to teach it."""
+        """Create a judge that scores responses against your instructions and learns from human
+        feedback. `instructions` is a template over {{ inputs }}, {{ outputs }} and optionally {{ expectations }}.
+        `feedback_type`: bool (default), int or float in [min_value, max_value], categorical (one of `choices`) or
+        text. The same spec again changes nothing; another spec under a taken name is refused. Next:
+        score_response, add_feedback."""
         spec = JudgeSpec(
             name=name,
             instructions=instructions,
@@ -278,10 +310,8 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
 
     @_tool(server, title="List judges", annotations=READ_ONLY)
     async def list_judges(ctx: Ctx) -> JudgeList:
-        """List every judge: its spec, the model that scores for it now (`effective_model`), its memory version
-        (goes up by one with every change to its memory) and counts of feedback, guidelines and pending
-        feedback (stored but not yet distilled into guidelines). Call this first to find a judge's exact name
-        and the type of verdict it gives before score_response or add_feedback."""
+        """List every judge: spec, `effective_model` ('memory': no model), memory version (up by one per
+        change) and counts of feedback, guidelines and pending items. Call first to find a judge's name."""
         return await _run(ctx, lambda engine: engine.list_judges())
 
     @_tool(server, title="Score a response", annotations=READ_ONLY_MODEL)
@@ -297,22 +327,18 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
             Field(description="Score with the memory as it was at this memory version (see judge_history)."),
         ] = None,
     ) -> ScoreResult:
-        """Judge one response with a judge's instructions, its distilled guidelines and its most similar past
-        human feedback. Read `value` (the verdict, of the judge's feedback_type) and `rationale` (why). For a
-        bool judge, value false means the response should be revised: read the rationale for what to fix,
-        revise, and call score_response again. For a score, a low value means the same. value null means a
-        memory-only judge (model 'memory') found too little similar feedback to decide; do not read it as a
-        pass. `guidelines_used` and `examples_used` are the ids of the memory the verdict relied on and
-        `judge_version` the memory version it saw. When the model fails the call is an error, never a guess.
-        With `version`, the memory as it was then (an error if content of that version was purged since)."""
+        """Judge one response using the judge's instructions, guidelines and most similar past
+        feedback. Read `value` (the verdict) and `rationale`; if it fails, revise and score again. value null: a
+        memory-only judge could not decide; not a pass. A model failure is an error, never a guess. `version`:
+        score with the memory as it was then (see judge_history)."""
         return await _run(
             ctx, lambda engine: engine.score(judge, inputs, outputs, expectations, version=version)
         )
 
     @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE)
     async def delete_judge(judge: JudgeName, ctx: Ctx) -> DeleteJudgeResult:
-        """Delete a judge together with all of its feedback and guidelines; this cannot be undone. Call it only
-        when asked to remove the whole judge. To forget particular feedback, use remove_feedback instead."""
+        """Delete a judge with all its feedback and guidelines; cannot be undone. To forget some
+        feedback, use remove_feedback."""
         return await _run(ctx, lambda engine: engine.delete_judge(judge))
 
 
@@ -322,47 +348,36 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         judge: JudgeName,
         feedback: Annotated[
             list[FeedbackInput],
-            Field(description="Human verdicts on responses, each with the reason for the verdict."),
+            Field(description="Human verdicts, each with its reason."),
         ],
         ctx: Ctx,
     ) -> AddFeedbackResult:
-        """Teach a judge with human verdicts. Each item has inputs, outputs, the human's `value` (it must fit the
-        judge's feedback_type, see list_judges) and `rationale` (why; guidelines are distilled from it), and
-        optionally expectations, `source` (who gave it) and `id` (yours; made from the content when absent).
-        The call is checked whole: if any item does not fit, nothing is stored and the error names the field.
-        Sending an id again with the same content changes nothing; with different content it replaces the old
-        item and its influence. Returns the ids, the guidelines added and removed, and `pending_ids`: items
-        stored but not yet distilled (no reflection model, or it failed; see `note`). Pending items already
-        serve as examples, and the next add_feedback retries them. Reports progress while distilling."""
+        """Teach a judge with human verdicts: `value` must fit its feedback_type; `rationale` says why
+        (guidelines are distilled from it). If any item does not fit, nothing is stored. An id sent again with new
+        content replaces the old item and its influence. `pending_ids`: stored, not yet distilled (see `note`);
+        used as examples already, retried by the next add_feedback."""
         progress = _progress(ctx)
         return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress))
 
     @_tool(server, title="Forget feedback", annotations=DESTRUCTIVE_IDEMPOTENT)
     async def remove_feedback(
         judge: JudgeName,
-        feedback_ids: Annotated[
-            list[str], Field(description="Ids of the feedback to forget (see list_feedback).")
-        ],
+        feedback_ids: Annotated[list[str], Field(description="Feedback ids (see list_feedback).")],
         ctx: Ctx,
         purge: Annotated[
             bool,
-            Field(description="Also erase the removed text from every file of the store before returning."),
+            Field(description="Also erase the text from the store's files."),
         ] = False,
     ) -> RemoveFeedbackResult:
-        """Forget feedback exactly: delete the items, delete every guideline distilled only from them, and
-        re-derive each guideline that also cites other feedback from what remains, so no removed item keeps any
-        influence. Find ids with list_feedback, and what cites them with list_guidelines. `not_found_ids` lists
-        ids the judge did not have; nothing happened for those, so check them against list_feedback. Set
-        purge=true when the data itself must be gone (personal data, a deletion request): old versions of the
-        store are then erased too, which is slower. Removing the same ids again changes nothing."""
+        """Forget feedback exactly: delete the items and every guideline distilled only from them,
+        and re-derive guidelines that also cite other feedback. `not_found_ids` were not there. purge=true also
+        erases the text from the store's files (slower): use it for personal data."""
         return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge))
 
     @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY)
     async def list_guidelines(judge: JudgeName, ctx: Ctx) -> GuidelineList:
-        """A judge's distilled guidelines (its semantic memory): each with its id, text and source_feedback_ids,
-        the feedback it was distilled from (empty for one written by hand). Call this to review what a judge
-        has learned, or before remove_feedback to see which guidelines an item shaped. The judge's whole prompt
-        as its model sees it is the resource judge://{name}."""
+        """A judge's distilled guidelines, each with the feedback ids it came from (none: written by
+        hand); check it before remove_feedback. The full prompt is the resource judge://{name}."""
         return await _run(ctx, lambda engine: engine.list_guidelines(judge))
 
     @_tool(server, title="List a judge's feedback", annotations=READ_ONLY)
@@ -370,12 +385,10 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         judge: JudgeName,
         ctx: Ctx,
         limit: Annotated[int, Field(description="Items per page, 1 to 500.")] = 50,
-        offset: Annotated[int, Field(description="Items to skip, for the next page.")] = 0,
+        offset: Annotated[int, Field(description="Items to skip.")] = 0,
     ) -> FeedbackPage:
-        """A page of a judge's stored human feedback (its episodic memory), oldest first: each item's id,
-        inputs, outputs, value, rationale, source, created_at and whether it is still pending distillation.
-        `total` counts every item; when offset + limit < total, call again with offset increased by limit.
-        Use the ids with remove_feedback."""
+        """A page of a judge's human feedback, oldest first; ids for remove_feedback. If offset + limit
+        < total, call again with offset + limit."""
         return await _run(ctx, lambda engine: engine.list_feedback(judge, limit, offset))
 
 
@@ -454,21 +467,16 @@ def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:
         ctx: Ctx,
         dataset: Annotated[
             list[LabelledExample] | None,
-            Field(description="Responses with the human verdict each should get; omit for leave-one-out."),
+            Field(description="Responses with their human verdicts; omit for leave-one-out."),
         ] = None,
         compare_baseline: Annotated[
             bool,
-            Field(
-                description="Also score without memory, to show what the feedback changed (twice the calls)."
-            ),
+            Field(description="Also score without memory, to show what feedback changed."),
         ] = False,
     ) -> EvaluationReport:
-        """Measure how well a judge agrees with human verdicts. Without `dataset`, leave-one-out over the
-        judge's own feedback: each item is scored with that item, and every guideline distilled from it,
-        hidden. With `dataset` (a list of {inputs, outputs, value}), those are scored. Returns agreement
-        metrics (see the fields). It calls the model once per item (twice with compare_baseline), so it can
-        take a while; it reports progress. Nothing is stored. If agreement is low, read the disagreements,
-        then add_feedback with corrected verdicts or remove_feedback for items that taught the wrong rule."""
+        """Measure a judge's agreement with human verdicts on `dataset`, or without it leave-one-out
+        over its own feedback. One model call per item (two with compare_baseline); stores nothing. If agreement
+        is low, fix memory with add_feedback or remove_feedback."""
         progress = _progress(ctx)
         return await _run(
             ctx,

@@ -17,7 +17,7 @@ from typing import Any
 
 from memalign_mcp import __version__
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import DEFAULT_CONFIG, Settings, load_settings
+from memalign_mcp.settings import Settings, load_settings
 
 EXIT_OK = 0
 EXIT_BAD_SETTING = 2
@@ -25,22 +25,25 @@ EXIT_INTERRUPTED = 130
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every subcommand shares: where settings and the store are."""
+def _add_settings_flags(parser: argparse.ArgumentParser, *, log_level: str = "INFO") -> None:
+    """The flags every subcommand shares: where settings and the store are, and how much to log."""
     parser.add_argument(
         "--config",
         metavar="PATH",
         default=None,
-        help=f"TOML settings file (default: {DEFAULT_CONFIG} when it exists)",
+        help=(
+            "TOML settings laid over the packaged defaults (default: $MEMALIGN_CONFIG, else "
+            "$XDG_CONFIG_HOME/memalign-mcp/config.toml when it exists)"
+        ),
     )
     parser.add_argument(
         "--data-dir", metavar="DIR", default=None, help="directory of the LanceDB store (MEMALIGN_DATA_DIR)"
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="level of the log written to stderr (default: INFO)",
+        help=f"level of the log written to stderr (default: {log_level})",
     )
 
 
@@ -74,11 +77,21 @@ def _add_serve(commands: Any) -> None:
     parser.set_defaults(command=_serve)
 
 
-def _demo(_args: argparse.Namespace, _settings: Settings) -> int:
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the seed workflow through a real MCP client against `serve` in a subprocess."""
-    from memalign_mcp.demo import main as demo_main
+    from pathlib import Path
 
-    return demo_main()
+    from memalign_mcp.demo import DemoOptions
+    from memalign_mcp.demo import main as demo_main
+    from memalign_mcp.settings import chosen_config_file
+
+    chosen = chosen_config_file(args.config, os.environ)
+    options = DemoOptions(
+        config=chosen[1] if chosen else None,
+        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        log_level=args.log_level,
+    )
+    return demo_main(settings, options)
 
 
 def _add_demo(commands: Any) -> None:
@@ -88,54 +101,28 @@ def _add_demo(commands: Any) -> None:
         description=(
             "Create the helpfulness judge, score a baseline, add feedback, show guidelines, score again, "
             "remove the 'sweater' feedback and score again, all through an MCP client talking to "
-            "`memalign-mcp serve` over stdio, in a temporary store. Uses MEMALIGN_MODEL when set."
+            "`memalign-mcp serve` over stdio, in a temporary store unless --data-dir is given. Uses the "
+            "configured model (MEMALIGN_MODEL or the config file) when set."
         ),
     )
-    _add_settings_flags(parser)
+    _add_settings_flags(parser, log_level="WARNING")
     parser.set_defaults(command=_demo)
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
     """Score a labelled set or the judge's own feedback, print Markdown, write JSON, Markdown and PNG."""
-    import json
     from pathlib import Path
 
-    from memalign_mcp.engine import open_engine
-    from memalign_mcp.errors import MemAlignError
-    from memalign_mcp.models import LabelledExample
-    from memalign_mcp.report import render_markdown, write_report
+    from memalign_mcp.eval_command import run_eval
 
-    try:
-        engine = open_engine(settings)
-        dataset = None
-        if args.dataset:
-            lines = Path(args.dataset).read_text(encoding="utf-8").splitlines()
-            dataset = [LabelledExample.model_validate(json.loads(line)) for line in lines if line.strip()]
-            if args.limit:
-                dataset = dataset[: args.limit]
-
-        def progress(done: int, total: int, _message: str) -> None:
-            width = 30
-            filled = width * done // max(total, 1)
-            print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        report = engine.evaluate(
-            args.judge, dataset, compare_baseline=args.compare_baseline, progress=progress
-        )
-        print(file=sys.stderr)
-    except (MemAlignError, OSError, ValueError) as exc:
-        print(f"memalign-mcp eval: {exc}", file=sys.stderr)
-        return 1
-    label = args.dataset or "leave-one-out over the judge's feedback"
-    paths = write_report(report, args.out, dataset=label)
-    print(render_markdown(report, dataset=label))
-    print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
-    return EXIT_OK
+    return run_eval(
+        settings,
+        args.judge,
+        Path(args.dataset) if args.dataset else None,
+        limit=args.limit,
+        compare_baseline=args.compare_baseline,
+        out=Path(args.out),
+    )
 
 
 def _add_eval(commands: Any) -> None:

@@ -31,27 +31,21 @@ class JudgeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        description="Judge name: lowercase letters, digits, '-' and '_', at most 64 characters."
-    )
+    name: str = Field(description="Lowercase letters, digits, '-' and '_'; at most 64 characters.")
     instructions: str = Field(
-        description="What to judge, as a template over {{ inputs }}, {{ outputs }} and optionally {{ expectations }}."
+        description="What to judge: a template over {{ inputs }}, {{ outputs }}, optionally {{ expectations }}."
     )
     feedback_type: FeedbackType = Field(default="bool", description="The type of verdict the judge gives.")
-    choices: list[str] | None = Field(default=None, description="Allowed verdicts of a categorical judge.")
-    min_value: float | None = Field(
-        default=None, description="Lowest allowed verdict of an int or float judge."
-    )
-    max_value: float | None = Field(
-        default=None, description="Highest allowed verdict of an int or float judge."
-    )
+    choices: list[str] | None = Field(default=None, description="Allowed verdicts (categorical).")
+    min_value: float | None = Field(default=None, description="Lowest verdict (int, float).")
+    max_value: float | None = Field(default=None, description="Highest verdict (int, float).")
     model: str | None = Field(
         default=None,
-        description="litellm model string, or 'memory' to judge from memory alone; empty means the server default.",
+        description="litellm model string, or 'memory' (no model); omit for the server's.",
     )
     retrieval_k: int | None = Field(
         default=None,
-        description="How many similar past feedback items to show the judge; empty means the default.",
+        description="Similar past feedback items shown per score, 0-50; omit for the default.",
     )
 
     def validated(self) -> JudgeSpec:
@@ -182,15 +176,13 @@ class FeedbackInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: JudgedText = Field(description="What the judged response answered (a string or a JSON object).")
-    outputs: JudgedText = Field(description="The judged response (a string or a JSON object).")
-    value: Value = Field(description="The human's verdict; must fit the judge's feedback_type.")
-    rationale: str = Field(description="Why the human gave this verdict; guidelines are distilled from it.")
-    expectations: JudgedText | None = Field(default=None, description="Optional reference answer or facts.")
-    source: str | None = Field(default=None, description="Who gave the feedback (a person, a team, a tool).")
-    id: str | None = Field(
-        default=None, description="Your id for this item; the server makes one when absent."
-    )
+    inputs: JudgedText = Field(description="The request (a string or JSON object).")
+    outputs: JudgedText = Field(description="The judged response (a string or JSON object).")
+    value: Value = Field(description="The human's verdict, of the judge's feedback_type.")
+    rationale: str = Field(description="Why; guidelines are distilled from it.")
+    expectations: JudgedText | None = Field(default=None, description="Reference answer or facts.")
+    source: str | None = Field(default=None, description="Who gave it (a person, a team, a tool).")
+    id: str | None = Field(default=None, description="Your id; made from the content when absent.")
 
 
 class FeedbackRecord(BaseModel):

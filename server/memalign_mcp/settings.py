@@ -1,7 +1,11 @@
-"""Settings: one pydantic model, loaded once from a TOML file, then MEMALIGN_* variables, then flags.
+"""Settings: one pydantic model, loaded once from TOML files, then MEMALIGN_* variables, then flags.
 
-A bad setting fails at start with a message that names the key, the value and what was expected. This module
-reads files and the environment it is handed; it opens no store and calls no model.
+Where the files come from does not depend on the working directory: the configuration shipped inside the package
+(`memalign_mcp/config/`: the repository's `configs/default.toml` and `configs/judges/`) is always read first, then
+at most one file of the user's on top of it, section by section: `--config PATH`, else `$MEMALIGN_CONFIG`, else
+`$XDG_CONFIG_HOME/memalign-mcp/config.toml` when it exists. A bad setting fails at start with a message that
+names the key, the value and what was expected. This module reads files and the environment it is handed; it
+opens no store and calls no model.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +28,11 @@ from memalign_mcp.prompts import (
     SCORE_SCHEMA_NAME,
 )
 
-DEFAULT_CONFIG = Path("configs/default.toml")
+# The one copy is the repository's configs/: in a checkout memalign_mcp/config is a symlink to it, and the wheel
+# carries its files there. The package is a directory on disk either way, so its resources are plain paths.
+PACKAGED_CONFIG_DIR = Path(str(resources.files("memalign_mcp") / "config"))
+DEFAULT_CONFIG = PACKAGED_CONFIG_DIR / "default.toml"
+CONFIG_ENV = "MEMALIGN_CONFIG"
 
 # Environment variable -> (section, key). Environment overrides the file; flags override both.
 ENV_KEYS: dict[str, tuple[str, str]] = {
@@ -158,19 +167,50 @@ class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
-    config_dir: str = Field(default="", description="Directory of the config file, for relative paths.")
+    config_dir: str = Field(
+        default="", description="Directory of the config file, for relative paths; empty: the packaged one."
+    )
 
     def judges_path(self) -> Path | None:
-        """The directory of judge files, resolved against the config file's directory."""
+        """The directory of judge files, resolved against the config file's directory (never the cwd)."""
         if not self.server.judges_dir:
             return None
         path = Path(self.server.judges_dir).expanduser()
-        return path if path.is_absolute() else Path(self.config_dir or ".") / path
+        return path if path.is_absolute() else Path(self.config_dir or PACKAGED_CONFIG_DIR) / path
 
 
 def _user_data_dir() -> Path:
     root = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(root) / "memalign-mcp"
+
+
+def user_config_file(env: Mapping[str, str]) -> Path:
+    """Where a user's own settings live when neither --config nor MEMALIGN_CONFIG names a file (XDG)."""
+    home = env.get("HOME") or str(Path.home())
+    root = env.get("XDG_CONFIG_HOME") or str(Path(home) / ".config")
+    return Path(root) / "memalign-mcp" / "config.toml"
+
+
+def chosen_config_file(config: str | Path | None, env: Mapping[str, str]) -> tuple[str, Path] | None:
+    """The user's config file laid over the packaged one, with the key that chose it for error messages.
+
+    --config first, else MEMALIGN_CONFIG, else the XDG file when it exists; a named file that is missing is an error.
+    """
+    for key, named in (("--config", config), (CONFIG_ENV, env.get(CONFIG_ENV))):
+        if named:
+            path = Path(named).expanduser()
+            if not path.is_file():
+                raise SettingsError(key, str(path), "the path of an existing TOML file")
+            return key, path
+    path = user_config_file(env)
+    return ("config file", path) if path.is_file() else None
+
+
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(key, str(path), f"valid TOML ({exc})") from exc
 
 
 def load_settings(
@@ -179,21 +219,25 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Settings from the config file (default configs/default.toml, if present), the environment, then flags.
+    """Settings from the packaged config, the user's config file over it, the environment, then flags.
 
     `overrides` maps dotted keys ("store.data_dir") to values from the command line.
     """
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    config_dir = ""
-    if config is not None or DEFAULT_CONFIG.is_file():
-        path = Path(config) if config is not None else DEFAULT_CONFIG
-        if not path.is_file():
-            raise SettingsError("--config", str(path), "the path of an existing TOML file")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError("--config", str(path), f"valid TOML ({exc})") from exc
+    raw = _read_toml(DEFAULT_CONFIG, "the packaged config")
+    # Anchored now, so a user's file that does not name judges_dir keeps the shipped judges wherever it lives.
+    if shipped := raw["server"]["judges_dir"]:
+        raw["server"]["judges_dir"] = str(PACKAGED_CONFIG_DIR / shipped)
+    config_dir = str(PACKAGED_CONFIG_DIR)
+    chosen = chosen_config_file(config, env)
+    if chosen is not None:
+        key, path = chosen
+        user = _read_toml(path, key)
+        for section, values in user.items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section] |= values
+            else:
+                raw[section] = values  # not a table: validation names the key below
         config_dir = str(path.resolve().parent)
     for var, (section, key) in ENV_KEYS.items():
         if env.get(var):
