@@ -29,10 +29,12 @@ from mcp.server.mcpserver.exceptions import (
     UnexpectedToolError,
 )
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
 from pydantic import Field, ValidationError
 
 from memalign_mcp import __version__
+from memalign_mcp.auth import HttpAuth, request_grant
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.evaluation import EvaluationReport
 from memalign_mcp.guides import review_guidelines_text, self_check_text
@@ -54,6 +56,7 @@ from memalign_mcp.models import (
     RollbackResult,
     ScoreResult,
 )
+from memalign_mcp.scopes import Grant, Scope, ScopeDeniedError
 from memalign_mcp.settings import Settings
 from memalign_mcp.tool_schemas import compact_schema
 
@@ -157,8 +160,19 @@ async def _run(ctx: Ctx, call: Callable[[MemAlignService], T]) -> T:
     try:
         engine = await ctx.request_context.lifespan_context.get()
         return await anyio.to_thread.run_sync(partial(call, engine))
+    except UnknownJudgeError as exc:
+        # The engine lists every judge it knows; a caller bound to some judges must not learn of the others.
+        grant = request_grant()
+        known = grant.visible(exc.known) if grant else exc.known
+        raise ToolError(str(UnknownJudgeError(exc.name, known))) from exc
     except MemAlignError as exc:
         raise ToolError(str(exc)) from exc
+
+
+def _who() -> str | None:
+    """The caller's name for the history of what it changes: its token's name over HTTP, else None."""
+    grant = request_grant()
+    return grant.who if grant else None
 
 
 def _progress(ctx: Ctx) -> Progress:
@@ -192,12 +206,13 @@ def _description(fn: Callable[..., Any]) -> str:
 
 
 def _tool(
-    server: MCPServer[EngineHandle], *, title: str, annotations: ToolAnnotations
+    server: JudgeServer, *, title: str, annotations: ToolAnnotations, scope: Scope
 ) -> Callable[[ToolFn], ToolFn]:
-    """Register a tool whose description is its docstring, so what agents read lives next to the code."""
+    """Register a tool whose description is its docstring and whose scope (CONTRACT.md) is declared here."""
 
     def register(fn: ToolFn) -> ToolFn:
         server.add_tool(fn, title=title, description=_description(fn), annotations=annotations)
+        server.tool_scopes[fn.__name__] = scope
         return fn
 
     return register
@@ -209,15 +224,54 @@ READ_ONLY_MODEL = _annotations(read_only=True, destructive=False, idempotent=Tru
 ADDITIVE = _annotations(read_only=False, destructive=False, idempotent=True, open_world=False)
 DESTRUCTIVE_IDEMPOTENT = _annotations(read_only=False, destructive=True, idempotent=True, open_world=False)
 DESTRUCTIVE = _annotations(read_only=False, destructive=True, idempotent=False, open_world=False)
+# The argument naming the judge a tool touches, where it is not `judge`; a grant's `judges` is checked on it.
+JUDGE_ARGUMENT = {"create_judge": "name"}
 
 
 class JudgeServer(MCPServer[EngineHandle]):
-    """The SDK's server, with its argument errors in the engine's one-line shape instead of pydantic's dump."""
+    """The SDK's server, with the caller's scopes and judges enforced and argument errors in one line."""
+
+    def __init__(self, *args: Any, local_grant: Grant, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.local_grant = local_grant
+        self.tool_scopes: dict[str, Scope] = {}  # filled by _tool, one entry per tool
+
+    def grant(self) -> Grant:
+        """What the current caller may do: its bearer token's grant, else the local one (stdio, no tokens)."""
+        return request_grant() or self.local_grant
+
+    async def _refuse_outside_grant(self, name: str, arguments: dict[str, Any], context: Ctx | None) -> None:
+        """A tool error for a call outside the caller's scopes, or about a judge it may not know exists."""
+        scope = self.tool_scopes.get(name)
+        if scope is None:
+            return  # not a tool: the SDK answers that itself
+        grant = self.grant()
+        if not grant.may_use(scope):
+            raise ToolError(str(ScopeDeniedError(name, scope, grant)))
+        judge = arguments.get(JUDGE_ARGUMENT.get(name, "judge"))
+        if grant.judges is None or not isinstance(judge, str) or grant.may_see(judge):
+            return
+        if name == "create_judge":
+            raise ToolError(
+                f"Token {grant.who!r} may create only the judges it is bound to: {', '.join(sorted(grant.judges))}. "
+                "Choose one of those names, or ask the server's operator to bind the token to this one."
+            )
+        # Refused exactly as the engine refuses a judge that does not exist, listing only judges this caller sees.
+        known: list[str] = []
+        if context is not None:
+            try:
+                engine = await context.request_context.lifespan_context.get()
+                judges = await anyio.to_thread.run_sync(engine.list_judges)
+            except MemAlignError as exc:
+                raise ToolError(str(exc)) from exc
+            known = grant.visible(j.name for j in judges.judges)
+        raise ToolError(str(UnknownJudgeError(judge, known)))
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Ctx | None = None
     ) -> CallToolResult | InputRequiredResult:
-        """Call a tool; arguments that do not fit its schema fail naming the field, the value and the type."""
+        """Call a tool the caller's grant allows; arguments that do not fit fail naming field, value and type."""
+        await self._refuse_outside_grant(name, arguments, context)
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -230,7 +284,8 @@ class JudgeServer(MCPServer[EngineHandle]):
             ) from cause
 
     async def list_tools(self) -> list[MCPTool]:
-        """The tools with compact schemas: tools/list is read into every agent's context."""
+        """The caller's tools (those of its scopes) with compact schemas: tools/list is read into every context."""
+        grant = self.grant()
         return [
             tool.model_copy(
                 update={
@@ -239,7 +294,13 @@ class JudgeServer(MCPServer[EngineHandle]):
                 }
             )
             for tool in await super().list_tools()
+            if grant.may_use(self.tool_scopes[tool.name])
         ]
+
+    async def list_resource_templates(self) -> list[MCPResourceTemplate]:
+        """judge://{name} is listed only to callers that may read it (scope score)."""
+        shown = await super().list_resource_templates()
+        return shown if self.grant().may_use("score") else []
 
 
 def build_server(
@@ -247,8 +308,9 @@ def build_server(
     engine_factory: EngineFactory = open_default_engine,
     *,
     log_level: LogLevel = "INFO",
+    auth: HttpAuth | None = None,
 ) -> JudgeServer:
-    """The MCP server for these settings; its lifespan opens the engine (in the background) once per run."""
+    """The MCP server for these settings; with `auth`, HTTP callers need a bearer token of the tokens file."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[EngineHandle]) -> AsyncGenerator[EngineHandle]:
@@ -265,6 +327,9 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
         log_level=log_level,  # also the level of the HTTP server's (uvicorn's) log
+        token_verifier=auth.verifier if auth else None,
+        auth=auth.settings if auth else None,
+        local_grant=Grant.local(settings.server.stdio_scopes),
     )
     _add_judge_tools(server)
     _add_memory_tools(server)
@@ -274,8 +339,8 @@ def build_server(
     return server
 
 
-def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Create a judge", annotations=ADDITIVE)
+def _add_judge_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Create a judge", annotations=ADDITIVE, scope="admin")
     async def create_judge(
         *,
         name: Annotated[str, Field(description=_field(JudgeSpec, "name"))],
@@ -306,15 +371,18 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
             model=model,
             retrieval_k=retrieval_k,
         )
-        return await _run(ctx, lambda engine: engine.create_judge(spec))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.create_judge(spec, who=who))
 
-    @_tool(server, title="List judges", annotations=READ_ONLY)
+    @_tool(server, title="List judges", annotations=READ_ONLY, scope="score")
     async def list_judges(ctx: Ctx) -> JudgeList:
         """List every judge: spec, `effective_model` ('memory': no model), memory version (up by one per
         change) and counts of feedback, guidelines and pending items. Call first to find a judge's name."""
-        return await _run(ctx, lambda engine: engine.list_judges())
+        listed = await _run(ctx, lambda engine: engine.list_judges())
+        grant = server.grant()
+        return JudgeList(judges=[j for j in listed.judges if grant.may_see(j.name)])
 
-    @_tool(server, title="Score a response", annotations=READ_ONLY_MODEL)
+    @_tool(server, title="Score a response", annotations=READ_ONLY_MODEL, scope="score")
     async def score_response(
         judge: JudgeName,
         inputs: InputsArg,
@@ -335,15 +403,16 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
             ctx, lambda engine: engine.score(judge, inputs, outputs, expectations, version=version)
         )
 
-    @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE)
+    @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE, scope="admin")
     async def delete_judge(judge: JudgeName, ctx: Ctx) -> DeleteJudgeResult:
         """Delete a judge with all its feedback and guidelines; cannot be undone. To forget some
         feedback, use remove_feedback."""
-        return await _run(ctx, lambda engine: engine.delete_judge(judge))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.delete_judge(judge, who=who))
 
 
-def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Teach a judge with feedback", annotations=ADDITIVE)
+def _add_memory_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Teach a judge with feedback", annotations=ADDITIVE, scope="teach")
     async def add_feedback(
         judge: JudgeName,
         feedback: Annotated[
@@ -356,10 +425,10 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         (guidelines are distilled from it). If any item does not fit, nothing is stored. An id sent again with new
         content replaces the old item and its influence. `pending_ids`: stored, not yet distilled (see `note`);
         used as examples already, retried by the next add_feedback."""
-        progress = _progress(ctx)
-        return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress))
+        progress, who = _progress(ctx), _who()
+        return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress, who=who))
 
-    @_tool(server, title="Forget feedback", annotations=DESTRUCTIVE_IDEMPOTENT)
+    @_tool(server, title="Forget feedback", annotations=DESTRUCTIVE_IDEMPOTENT, scope="forget")
     async def remove_feedback(
         judge: JudgeName,
         feedback_ids: Annotated[list[str], Field(description="Feedback ids (see list_feedback).")],
@@ -372,15 +441,16 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         """Forget feedback exactly: delete the items and every guideline distilled only from them,
         and re-derive guidelines that also cite other feedback. `not_found_ids` were not there. purge=true also
         erases the text from the store's files (slower): use it for personal data."""
-        return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge, who=who))
 
-    @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY)
+    @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY, scope="score")
     async def list_guidelines(judge: JudgeName, ctx: Ctx) -> GuidelineList:
         """A judge's distilled guidelines, each with the feedback ids it came from (none: written by
         hand); check it before remove_feedback. The full prompt is the resource judge://{name}."""
         return await _run(ctx, lambda engine: engine.list_guidelines(judge))
 
-    @_tool(server, title="List a judge's feedback", annotations=READ_ONLY)
+    @_tool(server, title="List a judge's feedback", annotations=READ_ONLY, scope="read")
     async def list_feedback(
         judge: JudgeName,
         ctx: Ctx,
@@ -392,8 +462,8 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         return await _run(ctx, lambda engine: engine.list_feedback(judge, limit, offset))
 
 
-def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Update a judge", annotations=ADDITIVE)
+def _add_history_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Update a judge", annotations=ADDITIVE, scope="admin")
     async def update_judge(
         judge: JudgeName,
         *,
@@ -417,16 +487,17 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
             "max_value": max_value,
         }
         changes = {k: v for k, v in given.items() if v is not None}
-        return await _run(ctx, lambda engine: engine.update_judge(judge, changes))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.update_judge(judge, changes, who=who))
 
-    @_tool(server, title="Distil pending feedback", annotations=ADDITIVE)
+    @_tool(server, title="Distil pending feedback", annotations=ADDITIVE, scope="teach")
     async def distill_pending(judge: JudgeName, ctx: Ctx) -> AddFeedbackResult:
         """Distil guidelines now from a judge's pending feedback (stored while no reflection model was set, or
         whose distillation failed). Returns what add_feedback returns, for those items."""
-        progress = _progress(ctx)
-        return await _run(ctx, lambda engine: engine.distill_pending(judge, progress))
+        progress, who = _progress(ctx), _who()
+        return await _run(ctx, lambda engine: engine.distill_pending(judge, progress, who=who))
 
-    @_tool(server, title="A judge's memory history", annotations=READ_ONLY)
+    @_tool(server, title="A judge's memory history", annotations=READ_ONLY, scope="read")
     async def judge_history(
         judge: JudgeName,
         ctx: Ctx,
@@ -438,7 +509,7 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
         stay listed as ids. Use a version with diff_judge, rollback_judge or score_response(version=...)."""
         return await _run(ctx, lambda engine: engine.judge_history(judge, limit, offset))
 
-    @_tool(server, title="Compare two memory versions", annotations=READ_ONLY)
+    @_tool(server, title="Compare two memory versions", annotations=READ_ONLY, scope="read")
     async def diff_judge(
         judge: JudgeName,
         from_version: Annotated[int, Field(description="The older memory version.")],
@@ -448,7 +519,7 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
         """The feedback ids and guidelines added, removed and changed between two memory versions."""
         return await _run(ctx, lambda engine: engine.diff_judge(judge, from_version, to_version))
 
-    @_tool(server, title="Roll a judge's memory back", annotations=DESTRUCTIVE_IDEMPOTENT)
+    @_tool(server, title="Roll a judge's memory back", annotations=DESTRUCTIVE_IDEMPOTENT, scope="admin")
     async def rollback_judge(
         judge: JudgeName,
         version: Annotated[int, Field(description="The memory version to restore (see judge_history).")],
@@ -457,11 +528,12 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
         """Make a new memory version whose feedback and guidelines equal those of an older version (the spec
         stays as it is now). Nothing is lost: the versions in between stay in the history and can be restored
         in turn. Refused, naming the items, where that version held content purged since."""
-        return await _run(ctx, lambda engine: engine.rollback_judge(judge, version))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.rollback_judge(judge, version, who=who))
 
 
-def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Evaluate a judge against humans", annotations=READ_ONLY_MODEL)
+def _add_evaluation_tool(server: JudgeServer) -> None:
+    @_tool(server, title="Evaluate a judge against humans", annotations=READ_ONLY_MODEL, scope="evaluate")
     async def evaluate_judge(
         judge: JudgeName,
         ctx: Ctx,
@@ -486,7 +558,7 @@ def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:
         )
 
 
-def _add_resource_and_prompts(server: MCPServer[EngineHandle]) -> None:
+def _add_resource_and_prompts(server: JudgeServer) -> None:
     @server.resource(
         "judge://{name}",
         name="judge",
@@ -496,11 +568,18 @@ def _add_resource_and_prompts(server: MCPServer[EngineHandle]) -> None:
         mime_type="text/plain",
     )
     async def judge_document(name: str, ctx: Ctx) -> str:
+        grant = server.grant()
+        if not grant.may_use("score"):
+            raise ResourceError(str(ScopeDeniedError(f"judge://{name}", "score", grant)))
         try:
             engine = await ctx.request_context.lifespan_context.get()
+            if not grant.may_see(name):
+                judges = await anyio.to_thread.run_sync(engine.list_judges)
+                raise UnknownJudgeError(name, grant.visible(j.name for j in judges.judges))
             return await anyio.to_thread.run_sync(engine.judge_document, name)
         except UnknownJudgeError as exc:
-            raise ResourceNotFoundError(str(exc)) from exc
+            shown = grant.visible(exc.known)  # the engine lists every judge; this caller may see only some
+            raise ResourceNotFoundError(str(UnknownJudgeError(exc.name, shown))) from exc
         except MemAlignError as exc:
             raise ResourceError(str(exc)) from exc
 
