@@ -74,14 +74,8 @@ CALLS: dict[str, dict[str, Any]] = {
     "delete_judge": {"judge": "made-by-admin"},
     "rollback_judge": {"judge": "alpha", "version": 0},
 }
-# Calls about judge beta that a token bound to alpha must be refused exactly as for a judge that does not exist.
-ABOUT_ANOTHER_JUDGE = [
-    "score_response",
-    "list_guidelines",
-    "list_feedback",
-    "add_feedback",
-    "remove_feedback",
-]
+# Every call about judge beta that a token bound to alpha must be refused exactly as if beta did not exist.
+ABOUT_A_JUDGE = [tool for tool, arguments in CALLS.items() if "judge" in arguments]
 
 
 @dataclass(frozen=True)
@@ -203,6 +197,11 @@ async def test_each_scope_lists_and_calls_exactly_its_tools(served: Served, judg
                         assert result.is_error, (caller.name, tool)
                         assert f"{tool} needs scope {needed!r}" in text, (caller.name, tool, text)
                         assert f"token {caller.name!r}" in text
+                templates = (await client.list_resource_templates()).resource_templates
+                assert [t.uri_template for t in templates] == (["judge://{name}"] if scope == "score" else [])
+                if scope != "score":
+                    with pytest.raises(MCPError, match="needs scope 'score'"):
+                        await client.read_resource("judge://alpha")
 
 
 async def test_the_token_name_is_recorded_as_who(served: Served, judges: None) -> None:
@@ -221,7 +220,7 @@ async def test_a_token_bound_to_one_judge_cannot_learn_that_another_exists(
             listed = await client.call_tool("list_judges", {})
             assert listed.structured_content is not None
             assert [j["name"] for j in listed.structured_content["judges"]] == ["alpha"]
-            for tool in ABOUT_ANOTHER_JUDGE:
+            for tool in ABOUT_A_JUDGE:
                 absent = await client.call_tool(tool, CALLS[tool] | {"judge": "no-such-judge"})
                 hidden = await client.call_tool(tool, CALLS[tool] | {"judge": "beta"})
                 assert hidden.is_error, tool
