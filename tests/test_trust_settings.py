@@ -99,6 +99,21 @@ def test_http_on_a_public_address_needs_tokens_or_an_explicit_opt_out(tmp_path: 
     assert "--insecure-no-auth" in done.stderr
 
 
+def test_the_401_metadata_names_the_public_url_when_one_is_set(tmp_path: Path) -> None:
+    body = f'[[token]]\nname = "ci"\nsecret_sha256 = "{DIGEST}"\nscopes = ["score"]\n'
+    tokens = str(tokens_file(tmp_path, body))
+    public = http_auth(
+        ServerSettings(host="0.0.0.0", tokens_file=tokens, public_url="https://judges.example/mcp")
+    )
+    assert public is not None
+    assert str(public.settings.resource_server_url) == "https://judges.example/mcp"
+    local = http_auth(ServerSettings(port=8123, tokens_file=tokens))
+    assert local is not None
+    assert str(local.settings.resource_server_url) == "http://127.0.0.1:8123/mcp"
+    with pytest.raises(SettingsError, match=r"server\.public_url"):
+        http_auth(ServerSettings(tokens_file=tokens, public_url="judges.example"))
+
+
 @pytest.mark.anyio
 async def test_stdio_scopes_restrict_a_local_caller(tmp_path: Path) -> None:
     settings = load_settings(

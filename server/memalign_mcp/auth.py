@@ -157,6 +157,19 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+def _resource_url(server: ServerSettings) -> AnyHttpUrl:
+    """The URL clients use for /mcp: the 401's metadata points them there (0.0.0.0 is no place to go)."""
+    if not server.public_url:
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        return AnyHttpUrl(f"http://{host}:{server.port}/mcp")
+    try:
+        return AnyHttpUrl(server.public_url)
+    except ValidationError as exc:
+        raise SettingsError(
+            "server.public_url", server.public_url, "an http(s) URL such as https://host/mcp"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class HttpAuth:
     """What the SDK's HTTP app needs to require tokens: the verifier and its auth settings."""
@@ -178,13 +191,12 @@ def http_auth(server: ServerSettings) -> HttpAuth | None:
             )
         return None
     table = load_tokens(Path(server.tokens_file).expanduser())
-    host = f"[{server.host}]" if ":" in server.host else server.host
-    origin = f"http://{host}:{server.port}"
+    resource = _resource_url(server)
     settings = AuthSettings(
         # No authorization server: the operator issues tokens through the file. The SDK needs an issuer for the
         # protected-resource metadata it serves with every 401, so this server names itself.
-        issuer_url=AnyHttpUrl(origin),
-        resource_server_url=AnyHttpUrl(f"{origin}/mcp"),
+        issuer_url=resource,
+        resource_server_url=resource,
         # The tokens are this server's own, not issued for a resource by an authorization server.
         validate_token_resource=False,
     )

@@ -162,6 +162,9 @@ class ServerSettings(_Section):
     tokens_file: str = Field(
         default="", description="TOML file of bearer tokens for http (CONTRACT.md); empty: no tokens."
     )
+    public_url: str = Field(
+        default="", description="URL clients reach /mcp at (proxy, 0.0.0.0); empty: http://host:port/mcp."
+    )
     insecure_no_auth: bool = Field(
         default=False, description="Serve http on a non-loopback host without tokens (something else checks)."
     )
