@@ -20,7 +20,6 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
@@ -154,7 +153,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 async def connect(url: str, secret: str) -> AsyncGenerator[Client]:
     """A client that sends this bearer token with every request."""
     async with (
-        create_mcp_http_client(headers={"Authorization": f"Bearer {secret}"}) as http,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {secret}"}, timeout=CALL_DEADLINE_S) as http,
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         yield client
