@@ -1,16 +1,16 @@
 """The MCP face of memalign-mcp: `build_server()` adapts the judge engine to MCP tools, a resource and prompts.
 
-This module owns the agent-facing contract (tool names, arguments, annotations, descriptions) and the turning of
-engine errors (`MemAlignError`) into tool errors whose text tells the agent what to do next. It must never hold
-judge logic, keep a module-level server or any other global state, write to stdout, or import litellm, lancedb
-or onnxruntime: a client waits for `tools/list` while this module loads, so the engine is opened in a worker
-thread by the server's lifespan and every tool awaits it.
+This module owns the agent-facing contract: tool names, arguments, annotations, descriptions and each tool's
+scope. The server object, how a call reaches the engine and how engine errors become tool errors that tell the
+agent what to do next are `judge_server.py`'s. It must never hold judge logic, keep a module-level server or any
+other global state, write to stdout, or import litellm, lancedb or onnxruntime: a client waits for `tools/list`
+while this module loads, so the engine is opened in a worker thread by the server's lifespan and every tool
+awaits it.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import re
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
@@ -18,25 +18,29 @@ from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import (
     ResourceError,
     ResourceNotFoundError,
-    ToolError,
-    UnexpectedToolError,
 )
-from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
-from mcp_types import Tool as MCPTool
-from pydantic import Field, ValidationError
+from mcp_types import ToolAnnotations
+from pydantic import Field
 
 from memalign_mcp import __version__
+from memalign_mcp.auth import HttpAuth
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.evaluation import EvaluationReport
 from memalign_mcp.guides import review_guidelines_text, self_check_text
-from memalign_mcp.invalid_input import argument_error
+from memalign_mcp.judge_server import (
+    Ctx,
+    EngineHandle,
+    JudgeServer,
+    open_default_engine,
+)
+from memalign_mcp.judge_server import caller_name as _who
+from memalign_mcp.judge_server import progress_reporter as _progress
+from memalign_mcp.judge_server import run_engine as _run
 from memalign_mcp.models import (
     AddFeedbackResult,
     DeleteJudgeResult,
@@ -54,17 +58,14 @@ from memalign_mcp.models import (
     RollbackResult,
     ScoreResult,
 )
+from memalign_mcp.scopes import Grant, Scope, ScopeDeniedError
 from memalign_mcp.settings import Settings
-from memalign_mcp.tool_schemas import compact_schema
 
 if TYPE_CHECKING:
     from memalign_mcp.alignment import MemAlignService
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 ToolFn = TypeVar("ToolFn", bound=Callable[..., Any])
 EngineFactory = Callable[[Settings], "MemAlignService"]
-Progress = Callable[[int, int, str], None]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 SERVER_INSTRUCTIONS = """\
@@ -92,87 +93,6 @@ ExpectationsArg = Annotated[
     JudgedText | None,
     Field(description="Reference answer or facts to match: a string or JSON object."),
 ]
-Ctx = Context["EngineHandle", Any]
-
-
-class EngineUnavailableError(MemAlignError):
-    """The engine could not be opened, so no tool can work until the server is restarted."""
-
-
-class EngineHandle:
-    """The engine as it is being opened in a worker thread; tools await it instead of delaying start-up."""
-
-    def __init__(self) -> None:
-        self._opened = anyio.Event()
-        self._engine: MemAlignService | None = None
-        self._failure: BaseException | None = None
-
-    async def open(self, factory: Callable[[], MemAlignService]) -> None:
-        """Run the factory in a worker thread and keep the engine, or the reason it could not open."""
-        try:
-            self._engine = await anyio.to_thread.run_sync(factory)
-            log.info("judge engine ready")
-        except MemAlignError as exc:
-            log.error("the judge engine could not start: %s", exc)
-            self._failure = exc
-        except Exception as exc:
-            # Kept and re-raised (as a tool error) on every call; the traceback goes to the log once, here.
-            log.exception("the judge engine could not start")
-            self._failure = exc
-        finally:
-            self._opened.set()
-
-    async def get(self) -> MemAlignService:
-        """The engine once open; EngineUnavailableError, on every call, if it failed to open."""
-        await self._opened.wait()
-        if self._engine is not None:
-            return self._engine
-        failure = self._failure
-        cause = str(failure) if isinstance(failure, MemAlignError) else f"{type(failure).__name__}: {failure}"
-        raise EngineUnavailableError(
-            f"The judge engine could not start: {cause} Fix the setting or the store named here (the server's "
-            "log has details), then restart the server."
-        )
-
-
-def open_default_engine(settings: Settings) -> MemAlignService:
-    """The production engine factory: open the store, embedder and model client the settings name."""
-    from memalign_mcp.engine import open_engine  # the engine pulls in lancedb and onnxruntime: load it late
-
-    engine = open_engine(settings)
-    # Load the embedding model now, off the request path, so the first score does not wait for it.
-    warm: Callable[[], None] | None = getattr(engine.embedder, "warm", None)
-    if warm is not None:
-        warm()
-    if settings.model.reflection_model is not None:
-        # A model is configured: pay litellm's import (about 3 s) now, off the request path, not in the first score.
-        from memalign_mcp.llm import preload_litellm
-
-        preload_litellm()
-    return engine
-
-
-async def _run(ctx: Ctx, call: Callable[[MemAlignService], T]) -> T:
-    """Run one engine call in a worker thread; an engine error becomes a tool error the agent can act on."""
-    try:
-        engine = await ctx.request_context.lifespan_context.get()
-        return await anyio.to_thread.run_sync(partial(call, engine))
-    except MemAlignError as exc:
-        raise ToolError(str(exc)) from exc
-
-
-def _progress(ctx: Ctx) -> Progress:
-    """A progress callback the engine can call from its worker thread; it sends MCP progress notifications."""
-    token = anyio.lowlevel.current_token()
-
-    def report(done: int, total: int, message: str) -> None:
-        try:
-            anyio.from_thread.run(partial(ctx.report_progress, done, total, message), token=token)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.RunFinishedError):
-            # The client went away: the work itself must still finish and be stored.
-            log.debug("progress not delivered (%d/%d %s): the client is gone", done, total, message)
-
-    return report
 
 
 def _annotations(
@@ -192,12 +112,13 @@ def _description(fn: Callable[..., Any]) -> str:
 
 
 def _tool(
-    server: MCPServer[EngineHandle], *, title: str, annotations: ToolAnnotations
+    server: JudgeServer, *, title: str, annotations: ToolAnnotations, scope: Scope
 ) -> Callable[[ToolFn], ToolFn]:
-    """Register a tool whose description is its docstring, so what agents read lives next to the code."""
+    """Register a tool whose description is its docstring and whose scope (CONTRACT.md) is declared here."""
 
     def register(fn: ToolFn) -> ToolFn:
         server.add_tool(fn, title=title, description=_description(fn), annotations=annotations)
+        server.tool_scopes[fn.__name__] = scope
         return fn
 
     return register
@@ -211,44 +132,14 @@ DESTRUCTIVE_IDEMPOTENT = _annotations(read_only=False, destructive=True, idempot
 DESTRUCTIVE = _annotations(read_only=False, destructive=True, idempotent=False, open_world=False)
 
 
-class JudgeServer(MCPServer[EngineHandle]):
-    """The SDK's server, with its argument errors in the engine's one-line shape instead of pydantic's dump."""
-
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any], context: Ctx | None = None
-    ) -> CallToolResult | InputRequiredResult:
-        """Call a tool; arguments that do not fit its schema fail naming the field, the value and the type."""
-        try:
-            return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            # The SDK raises a ToolError caused by the ValidationError when the arguments do not fit the schema.
-            cause = exc.__cause__
-            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
-                raise
-            raise ToolError(
-                f"Error executing tool {name}: {argument_error(name, cause, arguments)}"
-            ) from cause
-
-    async def list_tools(self) -> list[MCPTool]:
-        """The tools with compact schemas: tools/list is read into every agent's context."""
-        return [
-            tool.model_copy(
-                update={
-                    "input_schema": compact_schema(tool.input_schema, output=False),
-                    "output_schema": tool.output_schema and compact_schema(tool.output_schema, output=True),
-                }
-            )
-            for tool in await super().list_tools()
-        ]
-
-
 def build_server(
     settings: Settings,
     engine_factory: EngineFactory = open_default_engine,
     *,
     log_level: LogLevel = "INFO",
+    auth: HttpAuth | None = None,
 ) -> JudgeServer:
-    """The MCP server for these settings; its lifespan opens the engine (in the background) once per run."""
+    """The MCP server for these settings; with `auth`, HTTP callers need a bearer token of the tokens file."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[EngineHandle]) -> AsyncGenerator[EngineHandle]:
@@ -265,6 +156,9 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
         log_level=log_level,  # also the level of the HTTP server's (uvicorn's) log
+        token_verifier=auth.verifier if auth else None,
+        auth=auth.settings if auth else None,
+        local_grant=Grant.local(settings.server.stdio_scopes),
     )
     _add_judge_tools(server)
     _add_memory_tools(server)
@@ -274,8 +168,8 @@ def build_server(
     return server
 
 
-def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Create a judge", annotations=ADDITIVE)
+def _add_judge_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Create a judge", annotations=ADDITIVE, scope="admin")
     async def create_judge(
         *,
         name: Annotated[str, Field(description=_field(JudgeSpec, "name"))],
@@ -306,15 +200,18 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
             model=model,
             retrieval_k=retrieval_k,
         )
-        return await _run(ctx, lambda engine: engine.create_judge(spec))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.create_judge(spec, who=who))
 
-    @_tool(server, title="List judges", annotations=READ_ONLY)
+    @_tool(server, title="List judges", annotations=READ_ONLY, scope="score")
     async def list_judges(ctx: Ctx) -> JudgeList:
         """List every judge: spec, `effective_model` ('memory': no model), memory version (up by one per
         change) and counts of feedback, guidelines and pending items. Call first to find a judge's name."""
-        return await _run(ctx, lambda engine: engine.list_judges())
+        listed = await _run(ctx, lambda engine: engine.list_judges())
+        grant = server.grant()
+        return JudgeList(judges=[j for j in listed.judges if grant.may_see(j.name)])
 
-    @_tool(server, title="Score a response", annotations=READ_ONLY_MODEL)
+    @_tool(server, title="Score a response", annotations=READ_ONLY_MODEL, scope="score")
     async def score_response(
         judge: JudgeName,
         inputs: InputsArg,
@@ -331,15 +228,16 @@ def _add_judge_tools(server: MCPServer[EngineHandle]) -> None:
             ctx, lambda engine: engine.score(judge, inputs, outputs, expectations, version=version)
         )
 
-    @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE)
+    @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE, scope="admin")
     async def delete_judge(judge: JudgeName, ctx: Ctx) -> DeleteJudgeResult:
         """Delete a judge with all its feedback and guidelines; cannot be undone. To forget some
         feedback, use remove_feedback."""
-        return await _run(ctx, lambda engine: engine.delete_judge(judge))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.delete_judge(judge, who=who))
 
 
-def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Teach a judge with feedback", annotations=ADDITIVE)
+def _add_memory_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Teach a judge with feedback", annotations=ADDITIVE, scope="teach")
     async def add_feedback(
         judge: JudgeName,
         feedback: Annotated[
@@ -352,10 +250,10 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         (guidelines are distilled from it). If any item does not fit, nothing is stored. An id sent again with new
         content replaces the old item and its influence. `pending_ids`: stored, not yet distilled (see `note`);
         used as examples already, retried by the next add_feedback."""
-        progress = _progress(ctx)
-        return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress))
+        progress, who = _progress(ctx), _who()
+        return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress, who=who))
 
-    @_tool(server, title="Forget feedback", annotations=DESTRUCTIVE_IDEMPOTENT)
+    @_tool(server, title="Forget feedback", annotations=DESTRUCTIVE_IDEMPOTENT, scope="forget")
     async def remove_feedback(
         judge: JudgeName,
         feedback_ids: Annotated[list[str], Field(description="Feedback ids (see list_feedback).")],
@@ -368,15 +266,16 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         """Forget feedback exactly: delete the items and every guideline distilled only from them,
         and re-derive guidelines that also cite other feedback. `not_found_ids` were not there. purge=true also
         erases the text from the store's files (slower): use it for personal data."""
-        return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge, who=who))
 
-    @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY)
+    @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY, scope="score")
     async def list_guidelines(judge: JudgeName, ctx: Ctx) -> GuidelineList:
         """A judge's distilled guidelines, each with the feedback ids it came from (none: written by
         hand); check it before remove_feedback. The full prompt is the resource judge://{name}."""
         return await _run(ctx, lambda engine: engine.list_guidelines(judge))
 
-    @_tool(server, title="List a judge's feedback", annotations=READ_ONLY)
+    @_tool(server, title="List a judge's feedback", annotations=READ_ONLY, scope="read")
     async def list_feedback(
         judge: JudgeName,
         ctx: Ctx,
@@ -388,8 +287,8 @@ def _add_memory_tools(server: MCPServer[EngineHandle]) -> None:
         return await _run(ctx, lambda engine: engine.list_feedback(judge, limit, offset))
 
 
-def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Update a judge", annotations=ADDITIVE)
+def _add_history_tools(server: JudgeServer) -> None:
+    @_tool(server, title="Update a judge", annotations=ADDITIVE, scope="admin")
     async def update_judge(
         judge: JudgeName,
         *,
@@ -412,16 +311,17 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
             "max_value": max_value,
         }
         changes = {k: v for k, v in given.items() if v is not None}
-        return await _run(ctx, lambda engine: engine.update_judge(judge, changes))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.update_judge(judge, changes, who=who))
 
-    @_tool(server, title="Distil pending feedback", annotations=ADDITIVE)
+    @_tool(server, title="Distil pending feedback", annotations=ADDITIVE, scope="teach")
     async def distill_pending(judge: JudgeName, ctx: Ctx) -> AddFeedbackResult:
         """Distil guidelines now from a judge's pending feedback (see pending_ids). Returns what add_feedback
         returns."""
-        progress = _progress(ctx)
-        return await _run(ctx, lambda engine: engine.distill_pending(judge, progress))
+        progress, who = _progress(ctx), _who()
+        return await _run(ctx, lambda engine: engine.distill_pending(judge, progress, who=who))
 
-    @_tool(server, title="A judge's memory history", annotations=READ_ONLY)
+    @_tool(server, title="A judge's memory history", annotations=READ_ONLY, scope="read")
     async def judge_history(
         judge: JudgeName,
         ctx: Ctx,
@@ -432,7 +332,7 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
         what it added, removed or revised. For diff_judge, rollback_judge, score_response(version=)."""
         return await _run(ctx, lambda engine: engine.judge_history(judge, limit, offset))
 
-    @_tool(server, title="Compare two memory versions", annotations=READ_ONLY)
+    @_tool(server, title="Compare two memory versions", annotations=READ_ONLY, scope="read")
     async def diff_judge(
         judge: JudgeName,
         from_version: int,
@@ -442,7 +342,7 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
         """Feedback ids and guidelines added, removed and changed between two memory versions."""
         return await _run(ctx, lambda engine: engine.diff_judge(judge, from_version, to_version))
 
-    @_tool(server, title="Roll a judge's memory back", annotations=DESTRUCTIVE_IDEMPOTENT)
+    @_tool(server, title="Roll a judge's memory back", annotations=DESTRUCTIVE_IDEMPOTENT, scope="admin")
     async def rollback_judge(
         judge: JudgeName,
         version: int,
@@ -450,11 +350,12 @@ def _add_history_tools(server: MCPServer[EngineHandle]) -> None:
     ) -> RollbackResult:
         """Make a new version whose memory equals an older version's (spec unchanged; history kept, so this
         too can be undone). Refused, naming the items, if that version held content purged since."""
-        return await _run(ctx, lambda engine: engine.rollback_judge(judge, version))
+        who = _who()
+        return await _run(ctx, lambda engine: engine.rollback_judge(judge, version, who=who))
 
 
-def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:
-    @_tool(server, title="Evaluate a judge against humans", annotations=READ_ONLY_MODEL)
+def _add_evaluation_tool(server: JudgeServer) -> None:
+    @_tool(server, title="Evaluate a judge against humans", annotations=READ_ONLY_MODEL, scope="evaluate")
     async def evaluate_judge(
         judge: JudgeName,
         ctx: Ctx,
@@ -479,7 +380,7 @@ def _add_evaluation_tool(server: MCPServer[EngineHandle]) -> None:
         )
 
 
-def _add_resource_and_prompts(server: MCPServer[EngineHandle]) -> None:
+def _add_resource_and_prompts(server: JudgeServer) -> None:
     @server.resource(
         "judge://{name}",
         name="judge",
@@ -489,11 +390,18 @@ def _add_resource_and_prompts(server: MCPServer[EngineHandle]) -> None:
         mime_type="text/plain",
     )
     async def judge_document(name: str, ctx: Ctx) -> str:
+        grant = server.grant()
+        if not grant.may_use("score"):
+            raise ResourceError(str(ScopeDeniedError(f"judge://{name}", "score", grant)))
         try:
             engine = await ctx.request_context.lifespan_context.get()
+            if not grant.may_see(name):
+                judges = await anyio.to_thread.run_sync(engine.list_judges)
+                raise UnknownJudgeError(name, grant.visible(j.name for j in judges.judges))
             return await anyio.to_thread.run_sync(engine.judge_document, name)
         except UnknownJudgeError as exc:
-            raise ResourceNotFoundError(str(exc)) from exc
+            shown = grant.visible(exc.known)  # the engine lists every judge; this caller may see only some
+            raise ResourceNotFoundError(str(UnknownJudgeError(exc.name, shown))) from exc
         except MemAlignError as exc:
             raise ResourceError(str(exc)) from exc
 

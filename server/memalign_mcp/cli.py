@@ -50,13 +50,20 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, log_level: str = "IN
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the MCP server until the client disconnects (stdio) or the process is stopped (http)."""
     from memalign_mcp.app import build_server  # loads the MCP SDK; not needed for --help or a bad setting
+    from memalign_mcp.auth import http_auth
 
-    server = build_server(settings, log_level=args.log_level)
     srv = settings.server
+    auth = http_auth(srv) if srv.transport == "http" else None
+    server = build_server(settings, log_level=args.log_level, auth=auth)
     if srv.transport == "stdio":
         server.run("stdio")
     else:
-        logging.getLogger(__name__).info("serving MCP on http://%s:%d/mcp", srv.host, srv.port)
+        log = logging.getLogger(__name__)
+        log.info("serving MCP on http://%s:%d/mcp", srv.host, srv.port)
+        if auth is None:
+            log.warning("no tokens file: every HTTP caller gets scopes %s", ", ".join(srv.stdio_scopes))
+        else:
+            log.info("bearer tokens required; callers: %s", ", ".join(auth.verifier.names))
         # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
         server.run("streamable-http", host=srv.host, port=srv.port, stateless_http=True, json_response=True)
     return EXIT_OK
@@ -73,6 +80,18 @@ def _add_serve(commands: Any) -> None:
     )
     parser.add_argument("--host", default=None, help="address to listen on over http (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on over http (default: 8000)")
+    parser.add_argument(
+        "--tokens",
+        metavar="FILE",
+        default=None,
+        help="TOML file of bearer tokens and their scopes; http then needs a token (MEMALIGN_TOKENS_FILE)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="allow http on a non-loopback host without --tokens: every caller gets every scope",
+    )
     _add_settings_flags(parser)
     parser.set_defaults(command=_serve)
 
@@ -153,6 +172,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "server.transport": getattr(args, "transport", None),
         "server.host": getattr(args, "host", None),
         "server.port": getattr(args, "port", None),
+        "server.tokens_file": getattr(args, "tokens", None),
+        "server.insecure_no_auth": getattr(args, "insecure_no_auth", None),
     }
 
 

@@ -27,6 +27,7 @@ from memalign_mcp.prompts import (
     REDERIVE_SCHEMA_NAME,
     SCORE_SCHEMA_NAME,
 )
+from memalign_mcp.scopes import ALL_SCOPES, Scope
 
 # The one copy is the repository's configs/: in a checkout memalign_mcp/config is a symlink to it, and the wheel
 # carries its files there. The package is a directory on disk either way, so its resources are plain paths.
@@ -44,6 +45,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "MEMALIGN_MAX_RETRIES": ("model", "max_retries"),
     "MEMALIGN_EMBEDDING_MODEL": ("embedding", "model"),
     "MEMALIGN_DATA_DIR": ("store", "data_dir"),
+    "MEMALIGN_TOKENS_FILE": ("server", "tokens_file"),
 }
 
 
@@ -157,6 +159,19 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     judges_dir: str = Field(default="judges", description="Judge TOML files, relative to the config file.")
+    tokens_file: str = Field(
+        default="", description="TOML file of bearer tokens for http (CONTRACT.md); empty: no tokens."
+    )
+    public_url: str = Field(
+        default="", description="URL clients reach /mcp at (proxy, 0.0.0.0); empty: http://host:port/mcp."
+    )
+    insecure_no_auth: bool = Field(
+        default=False, description="Serve http on a non-loopback host without tokens (something else checks)."
+    )
+    stdio_scopes: list[Scope] = Field(
+        default_factory=lambda: list(ALL_SCOPES),
+        description="Scopes of a caller without a token: stdio, or http served without a tokens file.",
+    )
 
 
 class Settings(_Section):
