@@ -343,14 +343,15 @@ async def test_history_diff_rollback_and_scoring_an_old_version_over_mcp(client:
         to_version=removed["judge_version"],
     )
     assert diff["feedback_removed"] == ["h-1"]
-    then = await ok(client, "score_response", judge="history", version=added["judge_version"], **RUDE)
+    response = {"inputs": RUDE["inputs"], "outputs": RUDE["outputs"]}  # a verdict is no argument of a score
+    then = await ok(client, "score_response", judge="history", version=added["judge_version"], **response)
     assert "h-1" in then["examples_used"]
     assert then["judge_version"] == added["judge_version"]
     rolled = await ok(client, "rollback_judge", judge="history", version=added["judge_version"])
     assert rolled["judge_version"] == removed["judge_version"] + 1
     page = await ok(client, "list_feedback", judge="history")
     assert sorted(f["id"] for f in page["feedback"]) == ["h-1", "h-2"]
-    too_new = await refused(client, "score_response", judge="history", version=99, **RUDE)
+    too_new = await refused(client, "score_response", judge="history", version=99, **response)
     assert "version" in too_new
     assert "99" in too_new
 

@@ -83,7 +83,8 @@ FEEDBACK = {"inputs": "Where is my order?", "outputs": "On its way.", "value": T
         (
             "add_feedback",
             {"judge": "helpfulness", "feedback": [FEEDBACK | {"label": "good"}]},
-            "Invalid feedback[0].label: got 'good'; expected no field of this name.",
+            "Unknown field 'label' in feedback[0] of add_feedback. Got 'good'; expected one of inputs, outputs, "
+            "value, rationale, expectations, source, id. Call add_feedback again without feedback[0].label.",
         ),
         (
             "remove_feedback",

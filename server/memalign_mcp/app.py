@@ -118,6 +118,7 @@ def _tool(
 
     def register(fn: ToolFn) -> ToolFn:
         server.add_tool(fn, title=title, description=_description(fn), annotations=annotations)
+        server.refuse_loose_arguments(fn.__name__)
         server.tool_scopes[fn.__name__] = scope
         return fn
 

@@ -8,11 +8,13 @@ message is many lines with a URL. This module turns such an error into `Invalid 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from difflib import get_close_matches
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from memalign_mcp.errors import show_value
@@ -98,6 +100,9 @@ def _show_path(path: Sequence[int | str]) -> str:
 
 def _expected(error: ErrorDetails) -> str:
     kind = error["type"]
+    if kind in ("int_type", "float_type") and isinstance(error["input"], bool):
+        # JSON's true is no number, though Python's bool is an int: say so, or "got True; expected an integer" puzzles.
+        return f"{_EXPECTED[kind]} (a boolean is not a number)"
     if kind == "literal_error":
         return "one of " + str((error.get("ctx") or {}).get("expected", "the allowed values"))
     if kind in _EXPECTED:
@@ -125,8 +130,67 @@ def first_invalid_field(exc: ValidationError, data: Any) -> InvalidField:
     return InvalidField(name, value, _join(expected), len(by_field) - 1)
 
 
-def argument_error(tool: str, exc: ValidationError, arguments: dict[str, Any]) -> str:
-    """What an agent reads when a tool's arguments do not fit its schema: the field, and to call again."""
+def _members(annotations: list[Any]) -> Iterator[Any]:
+    """The types in these annotations, with `Annotated` unwrapped and unions split into their members."""
+    for annotation in annotations:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            yield from _members([get_args(annotation)[0]])
+        elif origin is Union or origin is types.UnionType:
+            yield from _members(list(get_args(annotation)))
+        else:
+            yield annotation
+
+
+def _field_names_at(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The field names of the object at `loc` inside `model`'s data (`feedback`, 0: FeedbackInput's fields)."""
+    found: list[Any] = [model]
+    for part in loc:
+        inner: list[Any] = []
+        for member in _members(found):
+            if isinstance(part, str) and isinstance(member, type) and issubclass(member, BaseModel):
+                field = member.model_fields.get(part)
+                inner += [field.annotation] if field else []
+            elif isinstance(part, int) and get_origin(member) is list:
+                inner += list(get_args(member))
+        found = inner
+    return [
+        field.alias or name
+        for member in _members(found)
+        if isinstance(member, type) and issubclass(member, BaseModel)
+        for name, field in member.model_fields.items()
+    ]
+
+
+def _unknown_field(tool: str, exc: ValidationError, model: type[BaseModel]) -> str | None:
+    """The first unknown argument (or field of a nested object) with the closest known name, or None if none is."""
+    unknown = next((error for error in exc.errors() if error["type"] == "extra_forbidden"), None)
+    if unknown is None:
+        return None
+    *parent, name = unknown["loc"]
+    known = _field_names_at(model, parent)
+    close = get_close_matches(str(name), known, n=1)
+    where = (
+        f"argument {name!r} for {tool}" if not parent else f"field {name!r} in {_show_path(parent)} of {tool}"
+    )
+    guess = f"; did you mean {close[0]!r}?" if close else "."
+    field = _show_path([*parent, close[0]]) if close else ""
+    fix = f"with {field} instead" if close else f"without {_show_path(unknown['loc'])}"
+    return (
+        f"Unknown {where}{guess} Got {show_value(unknown['input'])}; expected one of {', '.join(known)}. "
+        f"Call {tool} again {fix}."
+    )
+
+
+def argument_error(tool: str, exc: ValidationError, arguments: dict[str, Any], model: type[BaseModel]) -> str:
+    """What an agent reads when a tool's arguments do not fit its schema (`model`): the field, and to call again.
+
+    An unknown name comes first, with the closest known one: a misspelt optional argument would otherwise be
+    dropped and its default used, a verdict type the caller never asked for.
+    """
+    unknown = _unknown_field(tool, exc, model)
+    if unknown is not None:
+        return unknown
     invalid = first_invalid_field(exc, arguments)
     fix = "set" if invalid.missing else "corrected (tools/list gives each argument's type)"
     return f"{invalid.sentence()} Call {tool} again with {invalid.field} {fix}."

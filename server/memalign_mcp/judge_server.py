@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from memalign_mcp.auth import request_grant
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
@@ -176,6 +176,20 @@ class JudgeServer(MCPServer[EngineHandle]):
             known = grant.visible(j.name for j in judges.judges)
         raise ToolError(str(UnknownJudgeError(judge, known)))
 
+    def refuse_loose_arguments(self, name: str) -> None:
+        """Validate tool `name`'s arguments strictly: an unknown name is refused, and nothing is coerced.
+
+        The SDK's argument model ignores unknown names (a misspelt `feedbak_type` left a bool judge) and is lax
+        ("5" became 5, 1 became true). A subclass with a strict config takes its place; tools/list keeps the
+        schema the SDK made from the lax model, which describes the same arguments.
+        """
+        tool = self._tool_manager.get_tool(name)
+        if tool is None:
+            raise KeyError(name)
+        lax = tool.fn_metadata.arg_model
+        strict = type(lax.__name__, (lax,), {"model_config": ConfigDict(extra="forbid", strict=True)})
+        tool.fn_metadata.arg_model = strict
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Ctx | None = None
     ) -> CallToolResult | InputRequiredResult:
@@ -188,8 +202,10 @@ class JudgeServer(MCPServer[EngineHandle]):
             cause = exc.__cause__
             if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
                 raise
+            tool = self._tool_manager.get_tool(name)
+            model = tool.fn_metadata.arg_model if tool else BaseModel
             raise ToolError(
-                f"Error executing tool {name}: {argument_error(name, cause, arguments)}"
+                f"Error executing tool {name}: {argument_error(name, cause, arguments, model)}"
             ) from cause
 
     async def list_tools(self) -> list[MCPTool]:
