@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from memalign_mcp.distill import DistillOutcome, WorkingGuideline
@@ -160,18 +161,9 @@ class MemAlignService(HistoryService):
                 vectors.update(zip(texts, self.embedder.embed(list(texts.values())), strict=True))
             forgetting = self._forgetting(state, replaced) if replaced else Forgetting()
             rows = [self._feedback_row(name, i, hashes, vectors) for i in fresh]
+            # The same row version with the new source (the ledger gives it this transaction's id).
             rows += [
-                MemoryRow(
-                    judge=name,
-                    kind="feedback",
-                    item_id=r.item_id,
-                    vector=r.vector,
-                    text=r.text,
-                    body=r.body | {"source": i.source},
-                    content_hash=r.content_hash,
-                    pending=r.item_id in state.pending,
-                    created_at=r.created_at,
-                )
+                replace(r, body=r.body | {"source": i.source}, pending=r.item_id in state.pending)
                 for i in relabelled
                 for r in [existing[str(i.id)]]
             ]

@@ -44,8 +44,12 @@ SCHEMA = pa.schema(
 )
 
 
-def _q(text: str) -> str:
+def sql_quote(text: str) -> str:
+    """Quote a string as an SQL literal for a LanceDB filter."""
     return "'" + text.replace("'", "''") + "'"
+
+
+_q = sql_quote
 
 
 class CommitLog:

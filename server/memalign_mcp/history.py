@@ -7,6 +7,7 @@ state; a state that held purged content cannot be restored (purged stays purged)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from memalign_mcp.errors import InvalidInputError, PurgedContentError
@@ -99,7 +100,7 @@ class HistoryService(JudgeService):
             back_gl = [target.guidelines[g.id] for g in (*diff.guidelines_added, *diff.guidelines_changed)]
             return Change(
                 op="rollback",
-                rows=[_fresh(r, pending=r.item_id in target.pending) for r in [*back.values(), *back_gl]],
+                rows=[replace(r, pending=r.item_id in target.pending) for r in [*back.values(), *back_gl]],
                 drops={
                     "feedback": diff.feedback_removed,
                     "guideline": [g.id for g in diff.guidelines_removed],
@@ -184,19 +185,3 @@ class HistoryService(JudgeService):
             doomed |= {r.key for r in rows if r.txn not in committed and txn_age_s(r.txn) > ORPHAN_AGE_S}
             erased = self.store.erase_keys(sorted(doomed))
         return erased
-
-
-def _fresh(row: MemoryRow, *, pending: bool) -> MemoryRow:
-    """A copy of an old row version to be written again by a new transaction."""
-    return MemoryRow(
-        judge=row.judge,
-        kind=row.kind,
-        item_id=row.item_id,
-        vector=row.vector,
-        text=row.text,
-        body=row.body,
-        sources=row.sources,
-        content_hash=row.content_hash,
-        pending=pending,
-        created_at=row.created_at,
-    )

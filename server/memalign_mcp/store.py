@@ -33,6 +33,7 @@ from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStub
 
 from memalign_mcp.commit_log import SCHEMA as COMMITS_SCHEMA
 from memalign_mcp.commit_log import CommitLog
+from memalign_mcp.commit_log import sql_quote as _q
 from memalign_mcp.errors import EmbeddingMismatchError
 from memalign_mcp.records import Commit, Kind, MemoryRow
 
@@ -48,11 +49,6 @@ _TIDY_EVERY = 100
 # Versions younger than this are kept, so readers in other processes never lose the version they read.
 _KEEP_VERSIONS = timedelta(hours=1)
 _DATA_COLUMNS = ["id", "kind", "item_id", "txn", "gen", "vector", "pending", "created_at", "content_hash"]
-
-
-def _q(text: str) -> str:
-    """Quote a string as an SQL literal for a LanceDB filter."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _in(column: str, values: Iterable[str]) -> str:

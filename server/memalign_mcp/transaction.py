@@ -119,6 +119,14 @@ def _overlaps(change: Change, gen: str, commits: Sequence[Commit]) -> bool:
     return False
 
 
+def _puts(rows: Sequence[MemoryRow]) -> dict[Kind, list[str]]:
+    """The item ids a commit writes, by kind (what its commit row lists)."""
+    out: dict[Kind, list[str]] = {}
+    for r in rows:
+        out.setdefault(r.kind, []).append(r.item_id)
+    return out
+
+
 def _fits(change: Change, latest: MemoryState) -> bool:
     """True when, applied on top of `latest`, the change leaves no guideline citing a missing item.
 
@@ -334,9 +342,7 @@ class Ledger:
 
     @staticmethod
     def _record(name: str, head: Commit, *, gen: str, txn: str, change: Change, who: str | None) -> Commit:
-        puts: dict[Kind, list[str]] = {}
-        for r in change.rows:
-            puts.setdefault(r.kind, []).append(r.item_id)
+        puts = _puts(change.rows)
         return Commit(
             judge=name,
             seq=head.seq + 1,
@@ -376,9 +382,7 @@ class Ledger:
             if head is not None and (only_if_new_name or not head.deleted):
                 return None
             gen, txn = uuid.uuid4().hex, new_txn()
-            puts: dict[Kind, list[str]] = {}
-            for r in rows:
-                puts.setdefault(r.kind, []).append(r.item_id)
+            puts = _puts(rows)
             commit = Commit(
                 judge=name,
                 seq=(head.seq if head else 0) + 1,
