@@ -41,7 +41,8 @@ def test_snapshot_search_finds_the_exact_nearest_items(
     state = engine.state(JUDGE)
     assert state.whole == (rows_in_memory > 0)
     ids = sorted(state.feedback)
-    matrix = np.stack([state.feedback[i].vector for i in ids]).astype(np.float64)
+    whole = engine.ledger.whole_rows(state, ids)  # a lean state (a large judge) holds no vectors
+    matrix = np.stack([whole[i].vector for i in ids]).astype(np.float64)
     rng = np.random.default_rng(3)
     for exclude in (set[str](), {"n-7", "n-8"}):
         for _ in range(5):

@@ -64,7 +64,12 @@ def open_engine(
     uri = settings.store.resolved_uri()
     if "://" not in uri:
         Path(uri).mkdir(parents=True, exist_ok=True)
-    store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim)
+    store = MemoryStore(
+        uri,
+        embedding_name=embedder.name,
+        embedding_dim=lambda: embedder.dim,
+        vector_index_min_rows=settings.memory.vector_index_min_rows,
+    )
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     migrate_0_1(store, service.ledger)
     for spec in read_judge_files(settings.judges_path()):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
-
-import numpy as np
 
 from memalign_mcp.distill import Reflector
 from memalign_mcp.embeddings import Embedder, text_for_embedding
@@ -44,7 +42,8 @@ from memalign_mcp.prompts import (
     score_messages,
     score_schema,
 )
-from memalign_mcp.records import Matrix, MemoryRow, Neighbour, Vector
+from memalign_mcp.records import MemoryRow, Neighbour, Vector
+from memalign_mcp.retrieval import Retrieval
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
 from memalign_mcp.transaction import Ledger, MemoryState
@@ -85,41 +84,6 @@ def example_of(row: MemoryRow) -> ExampleView:
     )
 
 
-class VectorSnapshot:
-    """Every feedback vector of one judge at one memory version, for exact cosine search in memory.
-
-    Reading the judge's vectors once per memory version and searching them with one matrix product keeps a
-    score's retrieval to a few milliseconds at 100k items, where LanceDB's scan takes tens. It costs 4 bytes
-    per dimension per item in memory (154 MB for 100k items of 384 dimensions).
-    """
-
-    def __init__(
-        self, item_ids: Sequence[str], vectors: Matrix, rows: dict[str, MemoryRow] | None = None
-    ) -> None:
-        self.item_ids = list(item_ids)
-        self.vectors = vectors
-        # Whole rows for judges small enough to hold: the k neighbours then cost no read of the store.
-        self.rows = rows
-        # Norms apart rather than a normalised copy: one matrix in memory, not two.
-        self.inverse_norms = 1.0 / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-
-    def top(self, vector: Vector, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """(item id, cosine similarity) of the k items most similar to the vector, most similar first."""
-        n = len(self.item_ids)
-        if k <= 0 or n == 0:
-            return []
-        query = vector.astype(np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
-        # einsum runs in this thread: a BLAS product would wake OpenBLAS's threads, whose spinning afterwards
-        # slows the embedder and LanceDB on a small machine by more than the product saves.
-        similarity = np.einsum("ij,j->i", self.vectors, query) * self.inverse_norms
-        # Exclusions are few (leave-one-out excludes one item): take that many more, then drop them.
-        wanted = min(n, k + len(exclude))
-        pool = np.argpartition(-similarity, wanted - 1)[:wanted] if wanted < n else np.arange(n)
-        ranked = pool[np.argsort(-similarity[pool], kind="stable")].tolist()
-        found = [(self.item_ids[i], float(similarity[i])) for i in ranked]
-        return [pair for pair in found if pair[0] not in exclude][:k]
-
-
 class JudgeService:
     """Judges with two memories over one store; thread-safe, one instance per process.
 
@@ -134,7 +98,7 @@ class JudgeService:
         self.ledger = Ledger(store)
         self.embedder = embedder
         self.client = client
-        self._snapshots: dict[str, tuple[tuple[str, int], VectorSnapshot]] = {}
+        self.retrieval = Retrieval(settings.memory, store, self.ledger)
 
     # --- judges -------------------------------------------------------------------------------------------
 
@@ -237,7 +201,7 @@ class JudgeService:
         """Delete a judge and all of its memory."""
         self.state(name)
         _, state = self.ledger.delete(name, who=who)
-        self._snapshots.pop(name, None)
+        self.retrieval.forget(name)
         return DeleteJudgeResult(
             judge=name,
             deleted=True,
@@ -248,28 +212,8 @@ class JudgeService:
     # --- reading memory -----------------------------------------------------------------------------------
 
     def nearest(self, state: MemoryState, vector: Vector, k: int, exclude: set[str]) -> list[Neighbour]:
-        """The judge's k feedback items most similar to the vector, searched in its cached vector snapshot."""
-        if k <= 0:
-            return []
-        # Keyed by generation and commit number: every commit changes it, and a re-made judge has a new one.
-        key = (state.gen, state.seq)
-        cached = self._snapshots.get(state.judge)
-        if cached is None or cached[0] != key:
-            cached = (key, self._snapshot(state))
-            if state is self.ledger.state(state.judge):
-                self._snapshots[state.judge] = cached  # an older version's snapshot is used once, not kept
-        snapshot = cached[1]
-        best = snapshot.top(vector, k, exclude)
-        rows = snapshot.rows
-        if rows is None:
-            rows = self.ledger.whole_rows(state, [item_id for item_id, _ in best])
-        return [Neighbour(rows[i], similarity) for i, similarity in best if i in rows]
-
-    def _snapshot(self, state: MemoryState) -> VectorSnapshot:
-        rows = state.feedback_rows()
-        matrix = np.stack([r.vector for r in rows]) if rows else np.zeros((0, self.store.dim), np.float32)
-        whole = {r.item_id: r for r in rows} if state.whole else None
-        return VectorSnapshot([r.item_id for r in rows], matrix, whole)
+        """The judge's k live feedback items most similar to the vector, most similar first (retrieval.py)."""
+        return self.retrieval.nearest(state, vector, k, exclude)
 
     def list_guidelines(self, name: str) -> GuidelineList:
         """A judge's semantic memory with each guideline's sources."""

@@ -53,9 +53,12 @@ def commit_key(judge: str, seq: int) -> str:
     return f"c:{judge}:{seq:012d}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemoryRow:
-    """One stored memory: a version of a feedback item or of a guideline of one judge."""
+    """One stored memory: a version of a feedback item or of a guideline of one judge.
+
+    Slotted: a replayed judge holds one per item, and a per-instance dict would double its size.
+    """
 
     judge: str
     kind: Kind

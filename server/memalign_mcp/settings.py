@@ -150,6 +150,12 @@ class MemorySettings(_Section):
     vote_margin: float = Field(
         default=0.2, ge=0, lt=1, description="Memory judge abstains below this margin."
     )
+    snapshot_budget_mb: int = Field(
+        default=128, ge=0, description="Memory for in-process vector snapshots; others search LanceDB."
+    )
+    vector_index_min_rows: int = Field(
+        default=20_000, ge=1, description="Feedback rows from which a judge is searched by ANN index."
+    )
 
 
 class ServerSettings(_Section):

@@ -18,24 +18,32 @@ It knows nothing of judging, prompts or models, and never embeds text itself: ve
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from datetime import timedelta
+from typing import Any
 
 import lancedb  # pyright: ignore[reportMissingTypeStubs]
 import numpy as np
 import pyarrow as pa
-from lancedb.index import Bitmap, BTree  # pyright: ignore[reportMissingTypeStubs]
+from lancedb.index import Bitmap, BTree, IvfSq  # pyright: ignore[reportMissingTypeStubs]
 
 from memalign_mcp.commit_log import SCHEMA as COMMITS_SCHEMA
 from memalign_mcp.commit_log import CommitLog
 from memalign_mcp.commit_log import sql_quote as _q
 from memalign_mcp.errors import EmbeddingMismatchError
-from memalign_mcp.records import Commit, Kind, MemoryRow
+from memalign_mcp.records import Commit, MemoryRow
+from memalign_mcp.row_codec import (
+    LEAN_COLUMNS,
+    from_record,
+    lean_feedback_rows,
+    memory_schema,
+    rows_of,
+    to_record,
+)
+from memalign_mcp.vector_index import ensure_vector_index, indexed_rows, nearest_rows
 
 _MEMORY = "memory_v2"
 _COMMITS = "commits"
@@ -48,7 +56,6 @@ _UNINDEXED_ROWS = 2_000
 _TIDY_EVERY = 100
 # Versions younger than this are kept, so readers in other processes never lose the version they read.
 _KEEP_VERSIONS = timedelta(hours=1)
-_DATA_COLUMNS = ["id", "kind", "item_id", "txn", "gen", "vector", "pending", "created_at", "content_hash"]
 
 
 def _in(column: str, values: Iterable[str]) -> str:
@@ -58,44 +65,35 @@ def _in(column: str, values: Iterable[str]) -> str:
 class MemoryStore:
     """A LanceDB database holding every judge's memory; safe to share between threads and processes."""
 
-    def __init__(self, uri: str, *, embedding_name: str, embedding_dim: int | Callable[[], int]) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        embedding_name: str,
+        embedding_dim: int | Callable[[], int],
+        vector_index_min_rows: int = 20_000,
+    ) -> None:
         """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
+
+        `vector_index_min_rows`: feedback rows from which the table gets an ANN index (ensure_vector_index).
 
         A remote embedder learns its dimension by embedding a probe text; a store that recorded it already
         must not make every restart pay for that request.
         """
         self.uri = uri
         self.embedding_name = embedding_name
+        self.vector_index_min_rows = vector_index_min_rows
         # read_consistency_interval=0: a long-lived handle sees other processes' writes at no measured cost.
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
         self._write_lock = threading.RLock()
         self.dim = self._check_meta(embedding_dim)
-        self._memory = self._open_or_create(_MEMORY, self._memory_schema(), "id")
+        self._memory = self._open_or_create(_MEMORY, memory_schema(self.dim), "id")
         self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
         self._writes = 0
         self._held = threading.local()  # the lease this thread holds, if any (see exclusive)
         self._index_memory(only_missing=True)
 
     # --- layout -------------------------------------------------------------------------------------------
-
-    def _memory_schema(self) -> Any:  # pyarrow ships no type stubs
-        return pa.schema(
-            [
-                pa.field("id", pa.string(), nullable=False),
-                pa.field("judge", pa.string(), nullable=False),
-                pa.field("kind", pa.string(), nullable=False),  # feedback, guideline or commit
-                pa.field("item_id", pa.string(), nullable=False),
-                pa.field("gen", pa.string(), nullable=False),
-                pa.field("txn", pa.string(), nullable=False),
-                pa.field("vector", pa.list_(pa.float32(), self.dim)),
-                pa.field("text", pa.string()),
-                pa.field("body", pa.string()),
-                pa.field("sources", pa.list_(pa.string())),
-                pa.field("content_hash", pa.string()),
-                pa.field("pending", pa.bool_()),
-                pa.field("created_at", pa.timestamp("us", tz="UTC")),
-            ]
-        )
 
     def _table_names(self) -> set[str]:
         return set(self._db.list_tables().tables)
@@ -156,7 +154,7 @@ class MemoryStore:
         memory = self._db.open_table("memory").to_arrow().to_pylist()
         out: list[tuple[str, str, int, list[MemoryRow]]] = []
         for j in judges:
-            rows = [self._from_record(r | {"gen": "", "txn": ""}) for r in memory if r["judge"] == j["name"]]
+            rows = [from_record(r | {"gen": "", "txn": ""}) for r in memory if r["judge"] == j["name"]]
             out.append((j["name"], j["spec"], int(j["memory_version"]), rows))
         return out
 
@@ -196,7 +194,9 @@ class MemoryStore:
         self.wait_for_lease()
         with self._write_lock:
             if rows:
-                table = pa.Table.from_pylist([self._to_record(r) for r in rows], schema=self._memory.schema)
+                table = pa.Table.from_pylist(
+                    [to_record(r, self.dim) for r in rows], schema=self._memory.schema
+                )
                 self._memory.add(table)
             won = self.log.claim(commit)
             self._after_write()
@@ -242,8 +242,8 @@ class MemoryStore:
     def rows_of_generation(self, judge: str, gen: str, *, content: bool) -> list[MemoryRow]:
         """Every data row version of one judge generation, orphans included; without `content` for feedback.
 
-        Guidelines always come whole (they are few); feedback without content carries only what retrieval
-        needs (ids, vector, pending, hash), so a judge of a million items does not hold its texts in memory.
+        Guidelines always come whole (they are few); feedback without content is lean (ids, pending, hash; no
+        vector, text or body: its searches go to the store), so a judge of a million items stays small.
         """
         return self._data_rows(f"judge = {_q(judge)} AND gen = {_q(gen)}", judge, content=content)
 
@@ -260,14 +260,10 @@ class MemoryStore:
         where = base + " AND kind = 'feedback'"
         if content:
             return guidelines + self._select(where)
-        query = self._memory.search().where(where).select(_DATA_COLUMNS).limit(None)
+        query = self._memory.search().where(where).select(LEAN_COLUMNS).limit(None)
         out: list[MemoryRow] = []
         for batch in query.to_batches():
-            out.extend(
-                self._rows_of(
-                    pa.Table.from_batches([batch]).append_column("judge", pa.array([judge] * batch.num_rows))
-                )
-            )
+            out.extend(lean_feedback_rows(batch, judge))
         return guidelines + out
 
     def rows_by_key(self, keys: Iterable[str]) -> dict[str, MemoryRow]:
@@ -276,6 +272,44 @@ class MemoryStore:
         if not wanted:
             return {}
         return {r.key: r for r in self._select(_in("id", wanted))}
+
+    # --- vector search (vector_index.py) -------------------------------------------------------------------
+
+    def search_feedback(
+        self, judge: str, gen: str, vector: Any, limit: int, *, ann: bool
+    ) -> list[tuple[MemoryRow, float]]:
+        """Whole feedback row versions of one judge generation nearest the vector, with cosine similarity.
+
+        Candidates only: orphans, superseded versions and removed items are among them (the caller keeps the
+        live ones). `ann` uses the vector index where the table has one; otherwise the search is exact.
+        """
+        where = f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"
+        found = nearest_rows(self._memory, np.asarray(vector, np.float32), where, limit, ann=ann)
+        distances = found.column("_distance").to_pylist()
+        rows = rows_of(found.drop_columns(["_distance"]), self.dim)
+        return [(r, 1.0 - float(d)) for r, d in zip(rows, distances, strict=True)]
+
+    def has_vector_index(self) -> bool:
+        """True when the memory table has an ANN index on its vectors."""
+        return indexed_rows(self._memory) is not None
+
+    def ensure_vector_index(self) -> bool:
+        """Build the ANN index once the table holds `vector_index_min_rows` feedback rows, and rebuild it when
+        many rows are outside it; True when it was (re)built now. Idempotent; called by housekeeping."""
+        feedback = int(self._memory.count_rows("kind = 'feedback'"))
+        with self._write_lock:
+            built: list[bool] = []
+            self._retry(
+                lambda: built.append(
+                    ensure_vector_index(
+                        self._memory,
+                        lambda n: IvfSq(distance_type="cosine", num_partitions=n),
+                        feedback_rows=feedback,
+                        min_rows=self.vector_index_min_rows,
+                    )
+                )
+            )
+        return bool(built and built[-1])
 
     # --- scalar indexes and housekeeping ------------------------------------------------------------------
 
@@ -305,7 +339,7 @@ class MemoryStore:
             self.tidy()
 
     def tidy(self) -> None:
-        """Compact small fragments and prune versions older than an hour (housekeeping).
+        """Compact small fragments, prune versions older than an hour, keep the ANN index fresh (housekeeping).
 
         Each write makes a fragment and a version; without this, reads slow down as they pile up. Compaction
         racing other processes' appends was measured safe (LanceDB retries or rebases it); a conflict only
@@ -318,6 +352,7 @@ class MemoryStore:
             try:
                 self._memory.optimize(cleanup_older_than=_KEEP_VERSIONS)
                 self.log.tidy(_KEEP_VERSIONS)
+                self.ensure_vector_index()
             except (RuntimeError, OSError) as exc:
                 log.warning("store housekeeping postponed: %s", exc)
 
@@ -411,53 +446,7 @@ class MemoryStore:
     # --- conversion ---------------------------------------------------------------------------------------
 
     def _select(self, where: str) -> list[MemoryRow]:
-        return self._rows_of(self._memory.search().where(where).limit(None).to_arrow())
-
-    def _rows_of(self, table: Any) -> list[MemoryRow]:
-        """Rows from an Arrow table; the vectors as one matrix (row views), not 384 Python floats each."""
-        flat = table.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)
-        vectors = np.asarray(flat, dtype=np.float32).reshape(-1, self.dim)
-        records = table.drop_columns(["vector"]).to_pylist()
-        return [self._from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
-
-    def _to_record(self, row: MemoryRow) -> dict[str, Any]:
-        vector = np.asarray(row.vector, dtype=np.float32)
-        if vector.shape != (self.dim,):
-            raise EmbeddingMismatchError(
-                f"A vector of shape {vector.shape} was given to a store of dimension {self.dim}."
-            )
-        return {
-            "id": row.key,
-            "judge": row.judge,
-            "kind": row.kind,
-            "item_id": row.item_id,
-            "gen": row.gen,
-            "txn": row.txn,
-            "vector": vector,
-            "text": row.text,
-            "body": json.dumps(row.body, ensure_ascii=False, sort_keys=True),
-            "sources": list(row.sources),
-            "content_hash": row.content_hash,
-            "pending": row.pending,
-            "created_at": row.created_at,
-        }
-
-    @staticmethod
-    def _from_record(rec: dict[str, Any]) -> MemoryRow:
-        return MemoryRow(
-            judge=rec["judge"],
-            kind=cast(Kind, rec["kind"]),
-            item_id=rec["item_id"],
-            vector=np.asarray(rec["vector"], dtype=np.float32),
-            text=rec.get("text") or "",
-            body=json.loads(rec.get("body") or "{}"),
-            sources=tuple(rec.get("sources") or ()),
-            content_hash=rec.get("content_hash") or "",
-            pending=bool(rec["pending"]),
-            created_at=rec["created_at"] or datetime.now(UTC),
-            gen=rec["gen"],
-            txn=rec["txn"],
-        )
+        return rows_of(self._memory.search().where(where).limit(None).to_arrow(), self.dim)
 
 
 _META_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
 from memalign_mcp.memory_state import MemoryState, apply_commits, replay
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary, new_txn
+from memalign_mcp.row_codec import lean
 from memalign_mcp.store import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,8 @@ class Ledger:
             self._commits[name] = (cached[0], [*cached[1], commit])
         state = self._states.get(name)
         if state is not None and state.gen == commit.gen and state.seq == commit.seq - 1:
+            if not state.whole:  # a lean state holds no content or vectors (row_codec.py), so neither do ours
+                rows = [lean(r) for r in rows]
             state = apply_commits(state, [commit], {commit.txn: rows})
             if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
                 self._states.pop(name, None)  # past the budget: the next read rebuilds it with vectors only
