@@ -51,8 +51,7 @@ from memalign_mcp.embeddings import LocalMiniLMEmbedder, text_for_embedding
 from memalign_mcp.engine import make_client, open_engine
 from memalign_mcp.llm import Check, Completion, ModelClient
 from memalign_mcp.models import FeedbackInput, JudgeSpec
-from memalign_mcp.records import MemoryRow, Neighbour, Summary
-from memalign_mcp.retrieval import VectorSnapshot
+from memalign_mcp.records import MemoryRow, Summary
 from memalign_mcp.settings import Settings, load_settings
 from memalign_mcp.transaction import Change, Ledger, MemoryState
 from memalign_mcp.vote import memory_verdict
@@ -271,23 +270,14 @@ def time_scores(
     }
 
 
-PER_SCORE = ("embed query", "judge state", "snapshot search", "fetch k rows", "vote")
-PER_VERSION = ("state replay", "snapshot build")
-
-
-def snapshot_of(state: MemoryState, dim: int) -> VectorSnapshot:
-    """The vector snapshot the engine builds for a state (rows kept for judges the state holds whole)."""
-    rows = state.feedback_rows()
-    matrix = np.stack([r.vector for r in rows]) if rows else np.zeros((0, dim), np.float32)
-    return VectorSnapshot(
-        [r.item_id for r in rows], matrix, {r.item_id: r for r in rows} if state.whole else None
-    )
+PER_SCORE = ("embed query", "judge state", "search (engine.nearest, rows included)", "vote")
+PER_VERSION = ("state replay",)
 
 
 def lancedb_search(uri: str, judge: str) -> Callable[[Vectors, int], int]:
     """LanceDB's own flat cosine search over a judge's feedback rows, for comparison (score never uses it).
 
-    The benchmark opens the table itself because the engine no longer searches LanceDB at all. In a store
+    The benchmark opens the table itself (an exact search, not the engine's ANN path). In a store
     filled by `fill` every row is live (no removed or replaced versions), so the result is the same set.
     """
     db: Any = lancedb.connect(uri)
@@ -312,7 +302,6 @@ def breakdown(engine: MemAlignService, judge: str, pairs: Sequence[tuple[str, st
     fields = engine.settings.embedding.embed_fields
     spec, _ = engine.spec_and_version(judge)
     k = engine.k_for(spec)
-    snapshot = snapshot_of(engine.state(judge), engine.store.dim)
     search = lancedb_search(engine.store.uri, judge)
     for number, (q, a) in enumerate(pairs):
         t0 = time.perf_counter()
@@ -320,22 +309,16 @@ def breakdown(engine: MemAlignService, judge: str, pairs: Sequence[tuple[str, st
         t1 = time.perf_counter()
         state = engine.state(judge)
         t2 = time.perf_counter()
-        best = snapshot.top(vector, k, set())
+        neighbours = engine.nearest(state, vector, k, set())
         t3 = time.perf_counter()
-        rows = snapshot.rows or engine.ledger.whole_rows(state, [i for i, _ in best])
+        memory_verdict(spec, neighbours, engine.settings.memory.vote_margin)
         t4 = time.perf_counter()
-        memory_verdict(spec, [Neighbour(rows[i], s) for i, s in best], engine.settings.memory.vote_margin)
-        t5 = time.perf_counter()
-        for name, d in zip(PER_SCORE, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+        for name, d in zip(PER_SCORE, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             steps[name].append(d)
         if number < 5:  # seconds each at 100k items: a few runs are enough
             t0 = time.perf_counter()
-            replayed = Ledger(engine.store).state(judge)  # a fresh ledger: no commits or rows cached
-            t1 = time.perf_counter()
-            snapshot_of(replayed, engine.store.dim)
-            t2 = time.perf_counter()
-            steps["state replay"].append(t1 - t0)
-            steps["snapshot build"].append(t2 - t1)
+            Ledger(engine.store).state(judge)  # a fresh ledger: no commits or rows cached
+            steps["state replay"].append(time.perf_counter() - t0)
         if number < 50:
             t0 = time.perf_counter()
             search(vector, k)

@@ -151,7 +151,7 @@ def test_memory_budget_chooses_the_path(engines: EngineFactory, monkeypatch: pyt
     assert searched.score(JUDGE, text, "Answer 7").examples_used[0] == "a-7"
 
 
-@pytest.mark.parametrize("path", ["snapshot", "store-exact", "store-ann"])
+@pytest.mark.parametrize("path", ["snapshot", "store-exact", "store-ann", "store-ann-purge"])
 def test_a_removed_item_is_never_returned_after_remove_feedback(
     engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
@@ -160,13 +160,15 @@ def test_a_removed_item_is_never_returned_after_remove_feedback(
     engine = _open(engines, budget_mb=128 if path == "snapshot" else 0)
     engine.create_judge(SPEC)
     engine.add_feedback(JUDGE, [_item(n, "a") for n in range(INDEX_MIN_ROWS + 20)])
-    if path == "store-ann":
+    if path.startswith("store-ann"):
         assert engine.store.ensure_vector_index()
     reader = _open(engines, budget_mb=128 if path == "snapshot" else 0)  # another process's view
     text = str(_item(42, "a")["inputs"])
     assert engine.score(JUDGE, text, "Answer 42").examples_used[0] == "a-42"
     assert reader.score(JUDGE, text, "Answer 42").examples_used[0] == "a-42"
-    engine.remove_feedback(JUDGE, ["a-42"])
+    engine.remove_feedback(JUDGE, ["a-42"], purge=path.endswith("purge"))
+    # A purge rebuilds the index from the live rows (no quantized copy of the erased vector is kept).
+    assert engine.store.has_vector_index() == path.startswith("store-ann")
     for who in (engine, reader):
         used = who.score(JUDGE, text, "Answer 42").examples_used
         assert len(used) == 5 and "a-42" not in used

@@ -293,9 +293,10 @@ class MemoryStore:
         """True when the memory table has an ANN index on its vectors."""
         return indexed_rows(self._memory) is not None
 
-    def ensure_vector_index(self) -> bool:
+    def ensure_vector_index(self, *, rebuild: bool = False) -> bool:
         """Build the ANN index once the table holds `vector_index_min_rows` feedback rows, and rebuild it when
-        many rows are outside it; True when it was (re)built now. Idempotent; called by housekeeping."""
+        many rows are outside it (or, with `rebuild`, whenever one exists); True when it was (re)built now.
+        Idempotent; called by housekeeping, and by erase with `rebuild`."""
         feedback = int(self._memory.count_rows("kind = 'feedback'"))
         with self._write_lock:
             built: list[bool] = []
@@ -306,6 +307,7 @@ class MemoryStore:
                         lambda n: IvfSq(distance_type="cosine", num_partitions=n),
                         feedback_rows=feedback,
                         min_rows=self.vector_index_min_rows,
+                        rebuild=rebuild,
                     )
                 )
             )
@@ -394,8 +396,11 @@ class MemoryStore:
                 keys = [r["id"] for r in found]
                 fragments = sorted({int(r["_rowaddr"]) >> 32 for r in found})
                 self._retry(lambda: self._rewrite_without(fragments, keys))
-            # Rebuilt from the live rows before pruning, so no index file keeps an erased row's key.
+            # Rebuilt from the live rows before pruning, so no index file keeps an erased row's key, nor the
+            # vector index a quantized copy of its vector (slow at scale: minutes at 1M rows, see BENCHMARKS).
             self._index_memory()
+            if found:
+                self.ensure_vector_index(rebuild=True)
             self._prune_now()
         return len(found)
 

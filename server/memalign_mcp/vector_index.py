@@ -36,14 +36,19 @@ def indexed_rows(table: Any) -> tuple[int, int] | None:
     return int(stats.num_indexed_rows), int(stats.num_unindexed_rows)
 
 
-def ensure_vector_index(table: Any, config: IndexConfig, *, feedback_rows: int, min_rows: int) -> bool:
+def ensure_vector_index(
+    table: Any, config: IndexConfig, *, feedback_rows: int, min_rows: int, rebuild: bool = False
+) -> bool:
     """Build the IVF_SQ index once the table holds `min_rows` feedback rows; rebuild it when many rows are
-    outside it. True when it was (re)built now; idempotent otherwise."""
-    if feedback_rows < min_rows:
-        return False
+    outside it, or when `rebuild` asks (and an index exists). True when it was (re)built now; idempotent."""
     counts = indexed_rows(table)
-    if counts is not None and counts[1] <= max(min_rows, counts[0]) * _REBUILD_SHARE:
-        return False
+    # With `rebuild` (an erasure) an existing index is made again from the live rows: its quantized copies of
+    # erased vectors must go with them.
+    if not (rebuild and counts is not None):
+        if feedback_rows < min_rows:
+            return False
+        if counts is not None and counts[1] <= max(min_rows, counts[0]) * _REBUILD_SHARE:
+            return False
     total = int(table.count_rows())
     # About sqrt(n) partitions of a few hundred rows each, the usual IVF balance of probe cost and recall.
     partitions = max(1, int(math.sqrt(total)))
