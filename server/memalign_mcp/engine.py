@@ -69,6 +69,7 @@ def open_engine(
         embedding_name=embedder.name,
         embedding_dim=lambda: embedder.dim,
         vector_index_min_rows=settings.memory.vector_index_min_rows,
+        index_cache_mb=settings.store.index_cache_mb,
     )
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     migrate_0_1(store, service.ledger)

@@ -119,6 +119,9 @@ class StoreSettings(_Section):
         default="", description="Directory of the store; empty means the user data directory."
     )
     uri: str = Field(default="", description="Any LanceDB URI; overrides data_dir when set.")
+    index_cache_mb: int = Field(
+        default=128, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
+    )
 
     def resolved_uri(self) -> str:
         """The LanceDB URI to open."""

@@ -72,10 +72,12 @@ class MemoryStore:
         embedding_name: str,
         embedding_dim: int | Callable[[], int],
         vector_index_min_rows: int = 20_000,
+        index_cache_mb: int | None = None,
     ) -> None:
         """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
 
-        `vector_index_min_rows`: feedback rows from which the table gets an ANN index (ensure_vector_index).
+        `vector_index_min_rows`: feedback rows from which the table gets an ANN index (ensure_vector_index);
+        `index_cache_mb`: LanceDB's index cache in this process (None: LanceDB's default, gigabytes).
 
         A remote embedder learns its dimension by embedding a probe text; a store that recorded it already
         must not make every restart pay for that request.
@@ -84,7 +86,10 @@ class MemoryStore:
         self.embedding_name = embedding_name
         self.vector_index_min_rows = vector_index_min_rows
         # read_consistency_interval=0: a long-lived handle sees other processes' writes at no measured cost.
-        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        session = (
+            None if index_cache_mb is None else lancedb.Session(index_cache_size_bytes=index_cache_mb << 20)
+        )
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0), session=session)
         self._write_lock = threading.RLock()
         self.dim = self._check_meta(embedding_dim)
         self._memory = self._open_or_create(_MEMORY, memory_schema(self.dim), "id")
