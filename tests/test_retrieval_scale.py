@@ -92,13 +92,15 @@ def crowded(engines: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> MemAlign
 def test_ann_path_returns_only_the_judges_live_rows(crowded: MemAlignService) -> None:
     engine = crowded
     state = engine.state(JUDGE)
-    assert not state.whole and len(state.feedback) == 397
+    assert not state.whole
+    assert len(state.feedback) == 397
     dead_texts = [_item(n, "a")["inputs"] for n in (*range(10), 20, 21, 22, 30, 31)]
     for text in dead_texts:
         found = engine.nearest(state, _query(engine, str(text)), 5, set())
         assert len(found) == 5
         for n in found:
-            assert n.row.judge == JUDGE and n.row.item_id.startswith("a-")
+            assert n.row.judge == JUDGE
+            assert n.row.item_id.startswith("a-")
             assert n.row.key == state.feedback[n.row.item_id].key  # the live version, never an old one
         assert not {"a-20", "a-21", "a-22"} & {n.row.item_id for n in found}
     # A replaced item is found by its new text, with its new content.
@@ -171,4 +173,5 @@ def test_a_removed_item_is_never_returned_after_remove_feedback(
     assert engine.store.has_vector_index() == path.startswith("store-ann")
     for who in (engine, reader):
         used = who.score(JUDGE, text, "Answer 42").examples_used
-        assert len(used) == 5 and "a-42" not in used
+        assert len(used) == 5
+        assert "a-42" not in used
