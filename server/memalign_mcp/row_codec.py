@@ -60,7 +60,8 @@ def rows_of(table: Any, dim: int) -> list[MemoryRow]:
 def lean_feedback_rows(table: Any, judge: str) -> list[MemoryRow]:
     """Feedback rows without vector, text or body, from a table of LEAN_COLUMNS.
 
-    Strings repeated across rows (judge, generation, transaction) are shared, not one copy per row.
+    Strings repeated across rows (judge, generation, transaction) are shared, not one copy per row, and item
+    ids are interned, shared with the commits that list them (records.py).
     """
     columns = {name: table.column(name).to_pylist() for name in LEAN_COLUMNS}
     judge = sys.intern(judge)
@@ -71,7 +72,7 @@ def lean_feedback_rows(table: Any, judge: str) -> list[MemoryRow]:
             MemoryRow(
                 judge=judge,
                 kind="feedback",
-                item_id=item_id,
+                item_id=sys.intern(item_id),
                 vector=NO_VECTOR,
                 text="",
                 body=_NO_BODY,

@@ -120,7 +120,7 @@ class StoreSettings(_Section):
     )
     uri: str = Field(default="", description="Any LanceDB URI; overrides data_dir when set.")
     index_cache_mb: int = Field(
-        default=128, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
+        default=16, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
     )
 
     def resolved_uri(self) -> str:
