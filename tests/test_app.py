@@ -596,3 +596,12 @@ async def test_a_reply_outside_the_judges_type_is_a_tool_error(
     text = await refused(model_client, "score_response", judge="scale", inputs="Refund?", outputs="Sure.")
     assert "gave no usable answer" in text
     assert len(model.calls) == 2  # retried once, then refused
+
+
+async def test_judged_text_that_is_json_in_a_string_reaches_the_model_as_sent(
+    model_client: Client, model: ScriptedModelServer
+) -> None:
+    await make_judge(model_client, "verbatim")
+    sent = '{"answer":"Sure, here is your refund."}'
+    await ok(model_client, "score_response", judge="verbatim", inputs="Refund?", outputs=sent)
+    assert sent in model.calls[-1].prompt_text()  # not parsed into an object and re-indented

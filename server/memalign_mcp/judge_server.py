@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import anyio
 import anyio.from_thread
@@ -19,6 +20,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
@@ -133,6 +135,38 @@ def progress_reporter(ctx: Ctx) -> Progress:
     return report
 
 
+def _accepts_string(annotation: Any) -> bool:
+    """Whether an argument of this type may be a plain string (through Annotated, unions and Optional)."""
+    if annotation is str:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _accepts_string(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_accepts_string(arg) for arg in get_args(annotation) if arg is not NoneType)
+    return False
+
+
+class _StringsAsSent(FuncMetadata):
+    """The SDK's function metadata, parsing JSON held in a string only where a string is not a valid value.
+
+    Some clients send a list or an object argument as a JSON string, and the SDK parses it back; that stays for
+    `feedback`, `feedback_ids`, `dataset` and the like. But where a string is itself a valid value (judged text:
+    `inputs`, `outputs`, `expectations`), the SDK's parsing turned a response that happens to be JSON into an
+    object, so the judge saw it re-indented: such arguments are kept exactly as sent.
+    """
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The SDK's parsing, except for arguments that may be strings: those are passed on as sent."""
+        fields = self.arg_model.model_fields
+        as_sent = {
+            key: value
+            for key, value in data.items()
+            if key in fields and _accepts_string(fields[key].annotation)
+        }
+        return super().pre_parse_json(data) | as_sent
+
+
 # The argument naming the judge a tool touches, where it is not `judge`; a grant's `judges` is checked on it.
 JUDGE_ARGUMENT = {"create_judge": "name"}
 
@@ -180,15 +214,25 @@ class JudgeServer(MCPServer[EngineHandle]):
         """Validate tool `name`'s arguments strictly: an unknown name is refused, and nothing is coerced.
 
         The SDK's argument model ignores unknown names (a misspelt `feedbak_type` left a bool judge) and is lax
-        ("5" became 5, 1 became true). A subclass with a strict config takes its place; tools/list keeps the
+        ("5" became 5, 1 became true), and parsed judged text that is JSON into an object. A subclass with a
+        strict config, and metadata that keeps string arguments as sent, take their place; tools/list keeps the
         schema the SDK made from the lax model, which describes the same arguments.
         """
         tool = self._tool_manager.get_tool(name)
         if tool is None:
             raise KeyError(name)
-        lax = tool.fn_metadata.arg_model
-        strict = type(lax.__name__, (lax,), {"model_config": ConfigDict(extra="forbid", strict=True)})
-        tool.fn_metadata.arg_model = strict
+        lax = tool.fn_metadata
+        strict = type(
+            lax.arg_model.__name__,
+            (lax.arg_model,),
+            {"model_config": ConfigDict(extra="forbid", strict=True)},
+        )
+        tool.fn_metadata = _StringsAsSent(
+            arg_model=strict,
+            output_schema=lax.output_schema,
+            output_model=lax.output_model,
+            wrap_output=lax.wrap_output,
+        )
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Ctx | None = None
