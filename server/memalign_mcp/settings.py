@@ -46,6 +46,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "MEMALIGN_EMBEDDING_MODEL": ("embedding", "model"),
     "MEMALIGN_DATA_DIR": ("store", "data_dir"),
     "MEMALIGN_TOKENS_FILE": ("server", "tokens_file"),
+    "MEMALIGN_OAUTH_CLIENT_SECRET": ("server", "oauth_client_secret"),
 }
 
 
@@ -167,6 +168,21 @@ class ServerSettings(_Section):
     )
     insecure_no_auth: bool = Field(
         default=False, description="Serve http on a non-loopback host without tokens (something else checks)."
+    )
+    oauth_issuer_url: str = Field(
+        default="", description="Authorization server issuing tokens for /mcp (instead of a tokens file)."
+    )
+    oauth_introspection_url: str = Field(
+        default="", description="Its RFC 7662 token introspection endpoint; set with oauth_issuer_url."
+    )
+    oauth_client_id: str = Field(
+        default="", description="This server's client id at the introspection endpoint."
+    )
+    oauth_client_secret: str = Field(
+        default="", description="Its secret (MEMALIGN_OAUTH_CLIENT_SECRET); never logged."
+    )
+    oauth_scope_prefix: str = Field(
+        default="", description="Prefix of our scopes in the token's scope claim, e.g. 'memalign:'."
     )
     stdio_scopes: list[Scope] = Field(
         default_factory=lambda: list(ALL_SCOPES),
