@@ -22,6 +22,7 @@ import numpy as np
 
 from memalign_mcp.embeddings import Embedder
 from memalign_mcp.errors import ModelError, show_value
+from memalign_mcp.fence import prompt_markup_in
 from memalign_mcp.guideline_gate import instruction_to_judge
 from memalign_mcp.llm import Completion, ModelClient
 from memalign_mcp.models import JudgeSpec
@@ -36,7 +37,6 @@ from memalign_mcp.prompts import (
     consolidate_schema,
     distill_messages,
     distill_schema,
-    prompt_markup_in,
     rederive_messages,
     rederive_schema,
 )
