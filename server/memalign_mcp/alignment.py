@@ -91,6 +91,8 @@ class MemAlignService(HistoryService):
             self.check_text(f"{where}.expectations", item.expectations, required=False)
             self.check_text(f"{where}.rationale", item.rationale)
             value = spec.check_value(item.value, f"{where}.value")
+            if spec.feedback_type == "text":  # free text shown in prompts: the limit of every judged text
+                self.check_text(f"{where}.value", value)
             if item.source is not None and (not item.source.strip() or len(item.source) > 200):
                 raise InvalidInputError(
                     f"{where}.source", item.source, "a non-empty name of at most 200 characters"
