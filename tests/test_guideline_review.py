@@ -124,6 +124,7 @@ async def test_a_proposed_guideline_is_not_used_until_approved(
     assert POLITE not in prompt
     shown = await document(client, "reviewed")
     assert "Distilled Guidelines" not in shown
+    assert "review_guidelines: True" in shown
     assert (
         f"Proposed Guidelines (1), not used in scoring until approved:\n- [{polite['id']}] {POLITE}" in shown
     )
@@ -322,3 +323,23 @@ def test_review_refuses_text_with_approve_and_an_unknown_id_before_storing(tmp_p
     with pytest.raises(GuidelineNotFoundError, match="g-1"):
         engine.review_guideline(JUDGE, "g-1", "approve")
     assert engine.state(JUDGE).version == version
+
+
+def test_a_review_overtaken_by_a_removal_of_its_guideline_is_refused_not_applied(tmp_path: Path) -> None:
+    engine = open_worker_engine(str(tmp_path))
+    engine.update_judge(JUDGE, {"review_guidelines": True})
+    engine.add_feedback(JUDGE, ALIGNMENT)
+    target = engine.list_guidelines(JUDGE).guidelines[0]
+    other = open_worker_engine(str(tmp_path))  # another process on the same store
+
+    def remove_meanwhile(_: str, reached: str) -> None:
+        if reached == "review:prepared":
+            engine.ledger.on_step = None
+            other.remove_feedback(JUDGE, target.source_feedback_ids)
+
+    engine.ledger.on_step = remove_meanwhile
+    with pytest.raises(GuidelineNotFoundError, match=target.id):
+        engine.review_guideline(JUDGE, target.id, "approve")
+    assert target.id not in {
+        g.id for g in open_worker_engine(str(tmp_path)).list_guidelines(JUDGE).guidelines
+    }

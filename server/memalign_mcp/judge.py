@@ -322,6 +322,7 @@ class JudgeService:
             "max_value": spec.max_value,
             "model": self.model_for(spec),
             "retrieval_k": self.k_for(spec),
+            "review_guidelines": spec.review_guidelines or None,
             "memory_version": state.version,
         }
         shown = {k: v for k, v in header.items() if v is not None}
