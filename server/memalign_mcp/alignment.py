@@ -21,7 +21,6 @@ from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
 from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
-from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
     AddFeedbackResult,
@@ -32,6 +31,7 @@ from memalign_mcp.models import (
     RemoveFeedbackResult,
 )
 from memalign_mcp.records import MemoryRow, Summary, Vector
+from memalign_mcp.review import ReviewService, with_review_status, with_statuses
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
@@ -59,8 +59,8 @@ def _body(item: FeedbackInput) -> dict[str, Any]:
     }
 
 
-class MemAlignService(HistoryService):
-    """The full engine: judges, scoring and history, plus add_feedback, remove_feedback and evaluate."""
+class MemAlignService(ReviewService):
+    """The full engine: judges, scoring, history and review, plus add_feedback, remove_feedback and evaluate."""
 
     def evaluate(
         self,
@@ -251,7 +251,8 @@ class MemAlignService(HistoryService):
                 )
                 return None
             whole = self.ledger.whole_rows(state, [r.item_id for r in pending])
-            before = state.guideline_rows()
+            # An operator's own guidelines are never merged into or consolidated (they cite no feedback).
+            before = [r for r in state.guideline_rows() if not r.by_operator]
             working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in before]
             spec = JudgeSpec.model_validate_json(state.spec_json)
             outcome = reflector.distill(
@@ -260,7 +261,7 @@ class MemAlignService(HistoryService):
             result.note = _failure_note(outcome)
             if not outcome.distilled_ids:
                 return None
-            return self._distilled_change(name, outcome, before, result)
+            return self._distilled_change(state, outcome, before, result)
 
         try:
             commit, _ = self.ledger.change(name, prepare, who=who)
@@ -281,7 +282,7 @@ class MemAlignService(HistoryService):
 
     @staticmethod
     def _distilled_change(
-        name: str, outcome: DistillOutcome, before: Sequence[MemoryRow], result: _Distilled
+        state: MemoryState, outcome: DistillOutcome, before: Sequence[MemoryRow], result: _Distilled
     ) -> Change:
         stored = {r.item_id for r in before}
         keep = {g.id for g in outcome.guidelines}
@@ -295,7 +296,7 @@ class MemAlignService(HistoryService):
         result.dropped = dropped
         rows = [
             MemoryRow(
-                judge=name,
+                judge=state.judge,
                 kind="guideline",
                 item_id=g.id,
                 vector=g.vector,
@@ -304,6 +305,8 @@ class MemAlignService(HistoryService):
             )
             for g in changed
         ]
+        rows = with_review_status(rows, state)  # new text of a judge that reviews guidelines is proposed
+        result.added = with_statuses(result.added, rows)
         return Change(
             op="distill",
             rows=rows,

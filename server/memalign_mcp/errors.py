@@ -9,6 +9,7 @@ knows about MCP.
     ├── UnknownJudgeError      no judge of that name
     ├── JudgeExistsError       create_judge with a name taken by a different spec
     ├── FeedbackNotFoundError  a feedback id that must exist does not
+    ├── GuidelineNotFoundError a guideline id that must exist does not (review_guideline)
     ├── PurgedContentError     an old version asked for held content that was purged since
     ├── ConflictError          a change kept colliding with other writers (transaction.py); nothing stored
     ├── JudgeGoneError         the judge was deleted while a change to it was prepared (transaction.py)
@@ -72,6 +73,17 @@ class JudgeExistsError(MemAlignError):
 
 class FeedbackNotFoundError(MemAlignError, LookupError):
     """A feedback id that must exist does not."""
+
+
+class GuidelineNotFoundError(MemAlignError, LookupError):
+    """A guideline id that must exist does not."""
+
+    def __init__(self, judge: str, guideline_id: str) -> None:
+        self.guideline_id = guideline_id
+        super().__init__(
+            f"Unknown guideline {show_value(guideline_id)} of judge {judge!r}: it is not in the judge's memory "
+            "(never there, rejected, or dropped by a later change). Call list_guidelines to see its guideline ids."
+        )
 
 
 class PurgedContentError(MemAlignError, LookupError):

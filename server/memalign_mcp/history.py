@@ -27,7 +27,7 @@ from memalign_mcp.transaction import Change, MemoryState
 # Spec fields update_judge may change; name and feedback_type stay (stored verdicts are of that type).
 # A transaction without a commit this old was abandoned (its writer died): no write takes this long.
 ORPHAN_AGE_S = 600.0
-UPDATABLE = ("instructions", "model", "retrieval_k", "choices", "min_value", "max_value")
+UPDATABLE = ("instructions", "model", "retrieval_k", "choices", "min_value", "max_value", "review_guidelines")
 
 
 def _diff(name: str, old: MemoryState, new: MemoryState) -> JudgeDiff:
@@ -35,7 +35,7 @@ def _diff(name: str, old: MemoryState, new: MemoryState) -> JudgeDiff:
         return a.txn == b.txn or (a.content_hash == b.content_hash and a.body == b.body)
 
     def same_guideline(a: MemoryRow, b: MemoryRow) -> bool:
-        return a.text == b.text and set(a.sources) == set(b.sources)
+        return a.text == b.text and set(a.sources) == set(b.sources) and a.body == b.body  # body: status
 
     fb_old, fb_new = old.feedback, new.feedback
     gl_old, gl_new = old.guidelines, new.guidelines

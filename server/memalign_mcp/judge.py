@@ -35,6 +35,7 @@ from memalign_mcp.models import (
     JudgedText,
     JudgeList,
     JudgeSpec,
+    ListedGuideline,
     ScoreResult,
 )
 from memalign_mcp.prompts import (
@@ -53,7 +54,19 @@ from memalign_mcp.vote import memory_verdict
 
 def guideline_of(row: MemoryRow) -> Guideline:
     """The public view of a stored guideline row."""
-    return Guideline(id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources))
+    return Guideline(
+        id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources), status=row.status
+    )
+
+
+def listed_guideline(row: MemoryRow) -> ListedGuideline:
+    """A stored guideline as list_guidelines shows it, with its provenance."""
+    return ListedGuideline(**guideline_of(row).model_dump(), provenance=row.body.get("provenance"))
+
+
+def active_guidelines(state: MemoryState) -> list[MemoryRow]:
+    """The guidelines used in scoring, oldest first: proposed ones wait for an operator's approval."""
+    return [g for g in state.guideline_rows() if g.status == "active"]
 
 
 def feedback_of(row: MemoryRow, *, pending: bool) -> FeedbackRecord:
@@ -189,7 +202,8 @@ class JudgeService:
         spec = spec.model_copy().validated()
         spec_json = spec.model_dump_json()
         if self.ledger.create(spec.name, spec_json, who=who) is None:
-            stored = json.loads(self.state(spec.name).spec_json)
+            # Read through the model, so a field added since the judge was made compares as its default.
+            stored = JudgeSpec.model_validate_json(self.state(spec.name).spec_json).model_dump(mode="json")
             wanted = json.loads(spec_json)
             differing = [k for k in wanted if stored.get(k) != wanted[k]]
             if differing:
@@ -277,7 +291,7 @@ class JudgeService:
         return GuidelineList(
             judge=name,
             judge_version=state.version,
-            guidelines=[guideline_of(r) for r in state.guideline_rows()],
+            guidelines=[listed_guideline(r) for r in state.guideline_rows()],
         )
 
     def list_feedback(self, name: str, limit: int = 50, offset: int = 0) -> FeedbackPage:
@@ -308,14 +322,21 @@ class JudgeService:
             "max_value": spec.max_value,
             "model": self.model_for(spec),
             "retrieval_k": self.k_for(spec),
+            "review_guidelines": spec.review_guidelines or None,
             "memory_version": state.version,
         }
         shown = {k: v for k, v in header.items() if v is not None}
-        return (
+        document = (
             "\n".join(f"{k}: {v}" for k, v in shown.items())
             + "\n\n"
-            + instructions_with_guidelines(spec, [r.text for r in state.guideline_rows()])
+            + instructions_with_guidelines(spec, [r.text for r in active_guidelines(state)])
         )
+        proposed = [r for r in state.guideline_rows() if r.status == "proposed"]
+        if proposed:
+            # Shown for the operator who reviews them, apart and outside what the model is given.
+            document += f"\n\nProposed Guidelines ({len(proposed)}), not used in scoring until approved:\n"
+            document += "\n".join(f"- [{r.item_id}] {r.text}" for r in proposed)
+        return document
 
     # --- scoring ------------------------------------------------------------------------------------------
 
@@ -358,7 +379,7 @@ class JudgeService:
         neighbours: list[Neighbour] = []
         if use_memory:
             # Leave-one-out: a guideline distilled from an excluded item would leak its verdict.
-            guidelines = [g for g in state.guideline_rows() if not excluded & set(g.sources)]
+            guidelines = [g for g in active_guidelines(state) if not excluded & set(g.sources)]
             text = text_for_embedding(inputs, outputs, self.settings.embedding.embed_fields)
             vector = self.embedder.embed([text])[0]
             neighbours = self.nearest(state, vector, self.k_for(spec), excluded)

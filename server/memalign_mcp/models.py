@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from memalign_mcp.errors import InvalidInputError
 
 FeedbackType = Literal["bool", "int", "float", "categorical", "text"]
+# A guideline is `active` (used in scoring) or `proposed` (awaiting review_guideline; not used in scoring).
+GuidelineStatus = Literal["active", "proposed"]
+ReviewAction = Literal["approve", "reject", "edit"]
 FEEDBACK_TYPES: tuple[str, ...] = ("bool", "int", "float", "categorical", "text")
 JudgedText = str | dict[str, Any]
 Value = bool | int | float | str
@@ -46,6 +49,10 @@ class JudgeSpec(BaseModel):
     retrieval_k: int | None = Field(
         default=None,
         description="Similar past feedback items shown per score, 0-50; omit for the default.",
+    )
+    review_guidelines: bool = Field(
+        default=False,
+        description="New guidelines wait, unused, for review_guideline.",
     )
 
     def validated(self) -> JudgeSpec:
@@ -207,6 +214,23 @@ class Guideline(BaseModel):
     source_feedback_ids: list[str] = Field(
         default_factory=list[str], description="Feedback it was distilled from; empty for a hand-written one."
     )
+    status: GuidelineStatus = Field(
+        default="active", description="'proposed': awaiting review_guideline, not used in scoring."
+    )
+
+
+class ListedGuideline(Guideline):
+    """A guideline as list_guidelines shows it: with who wrote it where an operator did."""
+
+    provenance: str | None = Field(default=None, description="'operator:<who>' for a hand-written one.")
+
+
+class ReviewedGuideline(ListedGuideline):
+    """A guideline after add_guideline or review_guideline, with the memory version that change made."""
+
+    judge: str
+    judge_version: int
+    removed: bool = Field(default=False, description="True after reject: no longer in the judge's memory.")
 
 
 class ScoreResult(BaseModel):
@@ -270,7 +294,7 @@ class GuidelineList(BaseModel):
 
     judge: str
     judge_version: int
-    guidelines: list[Guideline]
+    guidelines: list[ListedGuideline]
 
 
 class FeedbackPage(BaseModel):
@@ -327,7 +351,9 @@ class VersionRecord(BaseModel):
     version: int
     created_at: datetime
     who: str | None = Field(description="Who made the change (the feedback's source, or the caller).")
-    change: str = Field(description="create, add, distill, remove, update, rollback or purge.")
+    change: str = Field(
+        description="create, add, distill, remove, update, rollback, purge, guideline (added by hand) or review."
+    )
     summary: VersionSummary
     restored_version: int | None = Field(default=None, description="rollback: the version restored.")
 
