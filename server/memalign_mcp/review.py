@@ -15,10 +15,11 @@ from typing import Any
 
 from memalign_mcp.distill import new_guideline_id
 from memalign_mcp.errors import GuidelineNotFoundError, InvalidInputError
+from memalign_mcp.fence import prompt_markup_in
 from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import listed_guideline
 from memalign_mcp.models import Guideline, GuidelineStatus, JudgeSpec, ReviewAction, ReviewedGuideline
-from memalign_mcp.prompts import GUIDELINE_MAX_CHARS, prompt_markup_in
+from memalign_mcp.prompts import GUIDELINE_MAX_CHARS
 from memalign_mcp.records import MemoryRow, Summary
 from memalign_mcp.transaction import Change, MemoryState
 
