@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from memalign_mcp.http_serving import loopback_security
+from memalign_mcp.settings import ServerSettings
 from test_transports import REPO, SERVER, clean_env, free_port, wait_until_listening
 
 DEADLINE_S = 60  # a hung server fails the test instead of stalling the run
@@ -323,11 +324,15 @@ def test_foreign_host_and_origin_are_refused_on_loopback(http: Http) -> None:
     assert http.post(TOOLS_LIST, headers="Origin: http://evil.example\r\n")[0] == 403
     assert http.post(TOOLS_LIST, headers=f"Origin: http://localhost:{http.port}\r\n")[0] == 200
     assert http.post(TOOLS_LIST, host="localhost")[0] == 200
-    # Every loopback spelling gets the check, not only the three the SDK recognises.
-    other = loopback_security("127.0.0.2")
+    # Every loopback spelling gets the check, not only the three the SDK recognises, and a proxy's public name
+    # (public_url) passes it.
+    other = loopback_security(ServerSettings(host="127.0.0.2", public_url="https://judges.example/mcp"))
     assert other is not None
-    assert "127.0.0.2:*" in other.allowed_hosts
-    assert loopback_security("0.0.0.0") is None  # tokens guard a public address (auth.py)
+    assert {"127.0.0.2:*", "judges.example", "judges.example:*"} <= set(other.allowed_hosts)
+    assert "https://judges.example" in other.allowed_origins
+    assert (
+        loopback_security(ServerSettings(host="0.0.0.0")) is None
+    )  # tokens guard a public address (auth.py)
 
 
 def test_a_body_over_the_limit_gets_413_declared_or_streamed(http: Http) -> None:

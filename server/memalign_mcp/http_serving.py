@@ -13,7 +13,7 @@ This module owns running the SDK's streamable-HTTP app under uvicorn (the only u
   sent on it). `IdleStreamLimit` ends an event stream that sent no event (keep-alive comments do not count) for
   that long;
 - DNS rebinding: on a loopback address the SDK's Host/Origin check (421/403) is on; it is switched on here for
-  every loopback host, not only the three spellings the SDK recognises.
+  every loopback host, not only the three spellings the SDK recognises, and allows `public_url`'s host.
 It must never hold tool logic or parse MCP messages.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
 
 import anyio
 import h11
@@ -155,16 +156,25 @@ class IdleStreamLimit:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def loopback_security(host: str) -> TransportSecuritySettings | None:
-    """The SDK's Host/Origin check for a loopback host (any spelling), else None (tokens guard other hosts)."""
-    if not is_loopback(host):
+def loopback_security(server: ServerSettings) -> TransportSecuritySettings | None:
+    """The SDK's Host/Origin check for a loopback host (any spelling), else None (tokens guard other hosts).
+
+    The host of `public_url` is allowed too: a reverse proxy in front of a loopback server passes it on.
+    """
+    if not is_loopback(server.host):
         return None
-    names = {host.strip("[]").lower(), "127.0.0.1", "localhost", "::1"}
-    shown = sorted(f"[{n}]" if ":" in n else n for n in names)
+    # (host as written in a Host header, scheme of the page that may call it)
+    names = {(n, "http") for n in (server.host.strip("[]").lower(), "127.0.0.1", "localhost", "::1")}
+    public = urlsplit(server.public_url)
+    if public.hostname:
+        names.add((public.hostname, public.scheme or "http"))
+    shown = {(f"[{name}]" if ":" in name else name, scheme) for name, scheme in names}
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=[p for n in shown for p in (n, f"{n}:*")],
-        allowed_origins=[p for n in shown for p in (f"http://{n}", f"http://{n}:*")],
+        allowed_hosts=sorted({p for name, _ in shown for p in (name, f"{name}:*")}),
+        allowed_origins=sorted(
+            {p for name, scheme in shown for p in (f"{scheme}://{name}", f"{scheme}://{name}:*")}
+        ),
     )
 
 
@@ -187,7 +197,7 @@ def http_config(server: JudgeServer, settings: ServerSettings) -> uvicorn.Config
         stateless_http=True,
         json_response=True,
         max_request_body_size=settings.max_body_bytes,
-        transport_security=loopback_security(settings.host),
+        transport_security=loopback_security(settings),
         host=settings.host,
     )
     sdk_log = logging.getLogger("mcp.server.streamable_http")
