@@ -64,8 +64,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log.warning("no tokens file: every HTTP caller gets scopes %s", ", ".join(srv.stdio_scopes))
         else:
             log.info("bearer tokens required; callers: %s", ", ".join(auth.verifier.names))
-        # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
-        server.run("streamable-http", host=srv.host, port=srv.port, stateless_http=True, json_response=True)
+        from memalign_mcp.http_serving import serve_http
+
+        serve_http(server, srv)
     return EXIT_OK
 
 

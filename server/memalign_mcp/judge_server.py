@@ -31,6 +31,7 @@ from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.invalid_input import argument_error
 from memalign_mcp.scopes import Grant, Scope, ScopeDeniedError
 from memalign_mcp.settings import Settings
+from memalign_mcp.stdio_wire import answering_stdio_server
 from memalign_mcp.tool_schemas import compact_schema
 
 if TYPE_CHECKING:
@@ -178,6 +179,12 @@ class JudgeServer(MCPServer[EngineHandle]):
         super().__init__(*args, **kwargs)
         self.local_grant = local_grant
         self.tool_scopes: dict[str, Scope] = {}  # filled by _tool, one entry per tool
+
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio, answering every line the SDK cannot read with a JSON-RPC error (stdio_wire.py)."""
+        async with answering_stdio_server() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     def grant(self) -> Grant:
         """What the current caller may do: its bearer token's grant, else the local one (stdio, no tokens)."""

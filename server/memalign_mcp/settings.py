@@ -188,6 +188,26 @@ class ServerSettings(_Section):
         default_factory=lambda: list(ALL_SCOPES),
         description="Scopes of a caller without a token: stdio, or http served without a tokens file.",
     )
+    # Bounds on what one HTTP client can hold (README, "Security"): without them half-sent requests and idle
+    # streams were kept forever, and enough of them used up the process's file descriptors.
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds to send a request's line and headers once awaited."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds to send a request's whole body after its headers."
+    )
+    max_connections: int = Field(
+        default=256, ge=2, le=100_000, description="Open HTTP connections; one more is closed at once."
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body; a larger one gets HTTP 413."
+    )
+    sse_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds an event stream may stay silent before it is ended.",
+    )
 
 
 class Settings(_Section):
