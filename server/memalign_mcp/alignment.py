@@ -80,7 +80,11 @@ class MemAlignService(HistoryService):
         if isinstance(items, (str, bytes)) or not items:
             raise InvalidInputError("feedback", items, "a non-empty list of feedback items")
         if len(items) > limit:
-            raise InvalidInputError("feedback", f"{len(items)} items", f"at most {limit} items per call")
+            raise InvalidInputError(
+                "feedback",
+                f"{len(items)} items",
+                f"at most {limit} items per call (memory.max_items_per_call); send them in several calls",
+            )
         out: list[FeedbackInput] = []
         seen: dict[str, tuple[int, str, str | None]] = {}
         for i, raw in enumerate(items):
@@ -91,6 +95,8 @@ class MemAlignService(HistoryService):
             self.check_text(f"{where}.expectations", item.expectations, required=False)
             self.check_text(f"{where}.rationale", item.rationale)
             value = spec.check_value(item.value, f"{where}.value")
+            if isinstance(value, str) and len(value) > self.settings.memory.max_field_chars:
+                self.check_text(f"{where}.value", value)  # a text verdict is bounded like a rationale
             if item.source is not None and (not item.source.strip() or len(item.source) > 200):
                 raise InvalidInputError(
                     f"{where}.source", item.source, "a non-empty name of at most 200 characters"
@@ -325,9 +331,18 @@ class MemAlignService(HistoryService):
         """Forget feedback: the items, every guideline built only on them, and re-derive the rest."""
         if isinstance(feedback_ids, str) or not feedback_ids:
             raise InvalidInputError("feedback_ids", feedback_ids, "a non-empty list of feedback ids")
+        cap = self.settings.limits.max_ids_per_call
+        if len(feedback_ids) > cap:
+            raise InvalidInputError(
+                "feedback_ids",
+                f"{len(feedback_ids)} ids",
+                f"at most {cap} ids per call (limits.max_ids_per_call); remove them in several calls",
+            )
         for i, fid in enumerate(feedback_ids):
-            if not isinstance(fid, str) or not fid:  # pyright: ignore[reportUnnecessaryIsInstance]
-                raise InvalidInputError(f"feedback_ids[{i}]", fid, "a feedback id (see list_feedback)")
+            if not isinstance(fid, str) or not fid or len(fid) > 128:  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise InvalidInputError(
+                    f"feedback_ids[{i}]", fid, "a feedback id of 1-128 characters (see list_feedback)"
+                )
         if not isinstance(purge, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("purge", purge, "true or false")
         wanted = list(dict.fromkeys(feedback_ids))

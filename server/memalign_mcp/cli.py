@@ -65,7 +65,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         else:
             log.info("bearer tokens required; callers: %s", ", ".join(auth.verifier.names))
         # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
-        server.run("streamable-http", host=srv.host, port=srv.port, stateless_http=True, json_response=True)
+        server.run(
+            "streamable-http",
+            host=srv.host,
+            port=srv.port,
+            stateless_http=True,
+            json_response=True,
+            max_request_body_size=settings.limits.max_request_bytes,  # larger bodies get 413 before parsing
+        )
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from memalign_mcp.errors import (
     PurgedContentError,
     UnknownJudgeError,
 )
+from memalign_mcp.limits import ModelGate, check_spec_limits
 from memalign_mcp.llm import ModelClient
 from memalign_mcp.models import (
     MEMORY_MODEL,
@@ -134,6 +135,11 @@ class JudgeService:
         self.ledger = Ledger(store)
         self.embedder = embedder
         self.client = client
+        limits = settings.limits
+        # Every model call of this process goes through one gate: scoring, distillation and re-derivation.
+        self.gated_client: ModelClient | None = (
+            ModelGate(client, limits.model_concurrency, limits.model_wait_s) if client is not None else None
+        )
         self._snapshots: dict[str, tuple[tuple[str, int], VectorSnapshot]] = {}
 
     # --- judges -------------------------------------------------------------------------------------------
@@ -149,11 +155,11 @@ class JudgeService:
     def reflector(self) -> Reflector | None:
         """The reflection model's wrapper, or None when no reflection model is configured."""
         model = self.settings.model.reflection_model
-        if model is None or self.client is None:
+        if model is None or self.gated_client is None:
             return None
         mem = self.settings.memory
         return Reflector(
-            self.client,
+            self.gated_client,
             model,
             self.embedder,
             merge_threshold=mem.merge_threshold,
@@ -187,7 +193,16 @@ class JudgeService:
     def create_judge(self, spec: JudgeSpec, *, who: str | None = None) -> Judge:
         """Create a judge; the same spec again returns the existing judge, a different one is refused."""
         spec = spec.model_copy().validated()
+        check_spec_limits(spec, self.settings.limits)
         spec_json = spec.model_dump_json()
+        names = self.ledger.names()
+        cap = self.settings.limits.max_judges
+        if spec.name not in names and len(names) >= cap:
+            raise InvalidInputError(
+                "name",
+                spec.name,
+                f"a store of at most {cap} judges (limits.max_judges), which this one has; delete_judge one first",
+            )
         if self.ledger.create(spec.name, spec_json, who=who) is None:
             stored = json.loads(self.state(spec.name).spec_json)
             wanted = json.loads(spec_json)
@@ -376,7 +391,7 @@ class JudgeService:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 confidence=verdict.confidence,
             )
-        if self.client is None:
+        if self.gated_client is None:
             raise MemAlignError(f"Judge {name!r} uses model {model!r}, but no model client is configured.")
         messages = score_messages(
             spec,
@@ -390,7 +405,7 @@ class JudgeService:
         def check(data: dict[str, Any]) -> None:
             spec.check_value(data.get("value"))
 
-        completion = self.client.complete_json(
+        completion = self.gated_client.complete_json(
             model=model,
             messages=messages,
             schema_name=SCORE_SCHEMA_NAME,
