@@ -378,6 +378,7 @@ class MemAlignService(HistoryService):
         forgetting = forgotten.get("f", Forgetting()) if commit is not None else Forgetting()
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
+            self.forget_cached_text(name)
         return RemoveFeedbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,

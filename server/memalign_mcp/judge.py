@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -259,6 +259,18 @@ class JudgeService:
             feedback_deleted=len(state.feedback),
             guidelines_deleted=len(state.guidelines),
         )
+
+    def forget_cached_text(self, name: str) -> None:
+        """Drop every cache that may hold a judge's removed text, so a purge leaves no copy in this process.
+
+        The judge's vector snapshot keeps whole rows and the ledger its latest state; the embedder may cache
+        the words of every text it embedded. Each fills again from what is left on the next read.
+        """
+        self._snapshots.pop(name, None)
+        self.ledger.forget_cached(name)
+        forget: Callable[[], None] | None = getattr(self.embedder, "forget_cached_text", None)
+        if forget is not None:
+            forget()
 
     # --- reading memory -----------------------------------------------------------------------------------
 

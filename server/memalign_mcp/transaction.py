@@ -148,6 +148,10 @@ class Ledger:
         # Called at each step of a change (name, step): tests use it to force interleavings and failures.
         self.on_step: StepHook | None = None
 
+    def forget_cached(self, name: str) -> None:
+        """Drop the judge's cached state (its rows), so the next read replays it from the store."""
+        self._states.pop(name, None)
+
     # --- reading ------------------------------------------------------------------------------------------
 
     def commits(self, name: str) -> list[Commit]:
