@@ -288,3 +288,31 @@ def test_every_tool_answers_any_arguments_and_a_refusal_changes_nothing(
         assert result.structured_content is not None
     assert isinstance(fuzzed.ok("list_judges")["judges"], list)  # still answering
 
+
+# --- what the fuzzer found, kept as plain regressions -----------------------------------------------------------
+
+LONE = "\ud800"
+
+
+def test_a_lone_surrogate_anywhere_is_refused_naming_the_field_not_a_crash(fuzzed: Fuzzed) -> None:
+    before = fuzzed.snapshot()
+    item = {"inputs": "q", "outputs": "a", "value": True, "rationale": "r"}
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("delete_judge", {"judge": LONE * 300}, "Unknown judge '\\ud800"),
+        ("list_feedback", {"judge": "fz" + LONE}, "Unknown judge 'fz\\ud800'"),
+        ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"inputs": "a" + LONE}]}, "feedback[0].inputs"),
+        ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"source": LONE}]}, "feedback[0].source"),
+        ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"outputs": {"k": LONE}}]}, "feedback[0].outputs"),
+        ("remove_feedback", {"judge": "fz-bool", "feedback_ids": [LONE], "purge": True}, "feedback_ids[0]"),
+        ("create_judge", {"name": "fz-new", "instructions": "Is {{ outputs }} ok?" + LONE}, "instructions"),
+        ("update_judge", {"judge": "fz-bool", "model": LONE}, "model"),
+        ("score_response", {"judge": "fz-bool", "inputs": LONE, "outputs": "a"}, "inputs"),
+    ]
+    for tool, arguments, named in cases:
+        result = fuzzed.call(tool, arguments)
+        assert result.is_error, (tool, named)
+        message = text_of(result)
+        assert named in message, message
+        assert "Internal error" not in message
+        assert len(message) < 600, message  # a huge value is shown cut short
+    assert fuzzed.snapshot() == before

@@ -24,12 +24,14 @@ from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
 from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
+    NO_SURROGATES,
     AddFeedbackResult,
     FeedbackInput,
     Guideline,
     JudgeSpec,
     LabelledExample,
     RemoveFeedbackResult,
+    has_lone_surrogate,
 )
 from memalign_mcp.records import MemoryRow, Summary, Vector
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
@@ -97,6 +99,10 @@ class MemAlignService(HistoryService):
             value = spec.check_value(item.value, f"{where}.value")
             if isinstance(value, str) and len(value) > self.settings.memory.max_field_chars:
                 self.check_text(f"{where}.value", value)  # a text verdict is bounded like a rationale
+            if isinstance(value, str) and has_lone_surrogate(value):
+                raise InvalidInputError(f"{where}.value", value, NO_SURROGATES)
+            if item.source is not None and has_lone_surrogate(item.source):
+                raise InvalidInputError(f"{where}.source", item.source, NO_SURROGATES)
             if item.source is not None and (not item.source.strip() or len(item.source) > 200):
                 raise InvalidInputError(
                     f"{where}.source", item.source, "a non-empty name of at most 200 characters"
@@ -343,6 +349,8 @@ class MemAlignService(HistoryService):
                 raise InvalidInputError(
                     f"feedback_ids[{i}]", fid, "a feedback id of 1-128 characters (see list_feedback)"
                 )
+            if has_lone_surrogate(fid):  # never stored, and a purge's tombstone would record it
+                raise InvalidInputError(f"feedback_ids[{i}]", fid, NO_SURROGATES)
         if not isinstance(purge, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("purge", purge, "true or false")
         wanted = list(dict.fromkeys(feedback_ids))

@@ -27,6 +27,7 @@ from memalign_mcp.limits import ModelGate, check_spec_limits
 from memalign_mcp.llm import ModelClient
 from memalign_mcp.models import (
     MEMORY_MODEL,
+    NO_SURROGATES,
     DeleteJudgeResult,
     FeedbackPage,
     FeedbackRecord,
@@ -37,6 +38,8 @@ from memalign_mcp.models import (
     JudgeList,
     JudgeSpec,
     ScoreResult,
+    has_lone_surrogate,
+    is_judge_name,
 )
 from memalign_mcp.prompts import (
     SCORE_SCHEMA_NAME,
@@ -173,6 +176,9 @@ class JudgeService:
         """A judge's memory as of its latest commit; UnknownJudgeError if there is no such judge."""
         if not isinstance(name, str) or not name:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("judge", name, "the name of a judge (call list_judges to see them)")
+        if not is_judge_name(name):
+            # No judge can have it, and the store's queries need not see it (a lone surrogate crashed one).
+            raise UnknownJudgeError(name, self.ledger.names())
         return self.ledger.state(name)
 
     def state_at(self, name: str, version: int) -> MemoryState:
@@ -355,6 +361,8 @@ class JudgeService:
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if not text.strip() or value == {}:
             raise InvalidInputError(field, value, "non-empty text or a non-empty JSON object")
+        if has_lone_surrogate(text):
+            raise InvalidInputError(field, value, NO_SURROGATES)
         limit = self.settings.memory.max_field_chars
         if len(text) > limit:
             raise InvalidInputError(field, value, f"at most {limit} characters (memory.max_field_chars)")
