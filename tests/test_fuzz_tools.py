@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
@@ -277,6 +277,9 @@ def test_every_tool_answers_any_arguments_and_a_refusal_changes_nothing(
     tool, arguments = call
     before = fuzzed.snapshot()
     result = fuzzed.call(tool, arguments)  # an MCPError or a timeout here fails the example
+    event(
+        f"{tool} {'refused' if result.is_error else 'answered'}"
+    )  # the mix, with --hypothesis-show-statistics
     if result.is_error:
         message = text_of(result)
         assert message
@@ -300,9 +303,20 @@ def test_a_lone_surrogate_anywhere_is_refused_naming_the_field_not_a_crash(fuzze
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("delete_judge", {"judge": LONE * 300}, "Unknown judge '\\ud800"),
         ("list_feedback", {"judge": "fz" + LONE}, "Unknown judge 'fz\\ud800'"),
-        ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"inputs": "a" + LONE}]}, "feedback[0].inputs"),
+        ("judge_history", {"judge": LONE}, "Unknown judge '\\ud800'"),
+        ("diff_judge", {"judge": LONE, "from_version": 0, "to_version": 1}, "Unknown judge"),
+        ("rollback_judge", {"judge": LONE, "version": 0}, "Unknown judge"),
+        (
+            "add_feedback",
+            {"judge": "fz-bool", "feedback": [item | {"inputs": "a" + LONE}]},
+            "feedback[0].inputs",
+        ),
         ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"source": LONE}]}, "feedback[0].source"),
-        ("add_feedback", {"judge": "fz-bool", "feedback": [item | {"outputs": {"k": LONE}}]}, "feedback[0].outputs"),
+        (
+            "add_feedback",
+            {"judge": "fz-bool", "feedback": [item | {"outputs": {"k": LONE}}]},
+            "feedback[0].outputs",
+        ),
         ("remove_feedback", {"judge": "fz-bool", "feedback_ids": [LONE], "purge": True}, "feedback_ids[0]"),
         ("create_judge", {"name": "fz-new", "instructions": "Is {{ outputs }} ok?" + LONE}, "instructions"),
         ("update_judge", {"judge": "fz-bool", "model": LONE}, "model"),
