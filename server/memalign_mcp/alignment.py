@@ -9,9 +9,6 @@ the items stay pending and `distill_pending` (or the next add) completes them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,6 +17,7 @@ from memalign_mcp.distill import DistillOutcome, WorkingGuideline
 from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
+from memalign_mcp.feedback_checks import content_hash, validated_feedback
 from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
 from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import guideline_of
@@ -35,19 +33,6 @@ from memalign_mcp.models import (
 )
 from memalign_mcp.records import MemoryRow, Summary, Vector
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
-
-# \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}\Z")
-
-
-def content_hash(item: FeedbackInput) -> str:
-    """A hash of what a feedback item says (not who said it), to tell a re-send from a correction."""
-    canonical = json.dumps(
-        [item.inputs, item.outputs, item.expectations, item.value, item.rationale],
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _body(item: FeedbackInput) -> dict[str, Any]:
@@ -75,62 +60,6 @@ class MemAlignService(HistoryService):
         """Agreement with human verdicts on a labelled set, or leave-one-out over the judge's own feedback."""
         return evaluate(self, name, dataset, compare_baseline=compare_baseline, progress=progress)
 
-    # --- validation ---------------------------------------------------------------------------------------
-
-    def _validated(self, spec: JudgeSpec, items: Sequence[Any]) -> list[FeedbackInput]:
-        limit = self.settings.memory.max_items_per_call
-        if isinstance(items, (str, bytes)) or not items:
-            raise InvalidInputError("feedback", items, "a non-empty list of feedback items")
-        if len(items) > limit:
-            raise InvalidInputError(
-                "feedback",
-                f"{len(items)} items",
-                f"at most {limit} items per call (memory.max_items_per_call); send them in several calls",
-            )
-        out: list[FeedbackInput] = []
-        seen: dict[str, tuple[int, str, str | None]] = {}
-        for i, raw in enumerate(items):
-            item = raw if isinstance(raw, FeedbackInput) else FeedbackInput.model_validate(raw)
-            where = f"feedback[{i}]"
-            self.check_text(f"{where}.inputs", item.inputs)
-            self.check_text(f"{where}.outputs", item.outputs)
-            self.check_text(f"{where}.expectations", item.expectations, required=False)
-            self.check_text(f"{where}.rationale", item.rationale)
-            value = spec.check_value(item.value, f"{where}.value")
-            if isinstance(value, str) and len(value) > self.settings.memory.max_field_chars:
-                self.check_text(f"{where}.value", value)  # a text verdict is bounded like a rationale
-            if isinstance(value, str) and has_lone_surrogate(value):
-                raise InvalidInputError(f"{where}.value", value, NO_SURROGATES)
-            if item.source is not None and has_lone_surrogate(item.source):
-                raise InvalidInputError(f"{where}.source", item.source, NO_SURROGATES)
-            if item.source is not None and (not item.source.strip() or len(item.source) > 200):
-                raise InvalidInputError(
-                    f"{where}.source", item.source, "a non-empty name of at most 200 characters"
-                )
-            if item.id is not None and not _ID_PATTERN.match(item.id):
-                raise InvalidInputError(
-                    f"{where}.id", item.id, "1-128 characters: letters, digits and _ . : @ / - (not first)"
-                )
-            item = item.model_copy(update={"value": value})
-            given_id = item.id is not None
-            if item.id is None:
-                item = item.model_copy(update={"id": "fb-" + content_hash(item)[:16]})
-            assert item.id is not None
-            digest = content_hash(item)
-            if item.id in seen:
-                first, first_digest, first_source = seen[item.id]
-                if first_digest == digest and first_source == item.source:
-                    continue  # the same item twice in one call: taken once
-                what = f"the id {item.id!r}" if given_id else "the same content (and so the same made-up id)"
-                raise InvalidInputError(
-                    f"{where}",
-                    f"an item with {what} as feedback[{first}]",
-                    f"each id once per call; feedback[{first}] and {where} differ, so send only the right one",
-                )
-            seen[item.id] = (i, digest, item.source)
-            out.append(item)
-        return out
-
     # --- add ----------------------------------------------------------------------------------------------
 
     def add_feedback(
@@ -143,7 +72,9 @@ class MemAlignService(HistoryService):
     ) -> AddFeedbackResult:
         """Store human feedback (episodic memory) and distil guidelines from it (semantic memory)."""
         spec, _ = self.spec_and_version(name)
-        checked = self._validated(spec, items)
+        checked = validated_feedback(
+            spec, items, max_items=self.settings.memory.max_items_per_call, check_text=self.check_text
+        )
         ids = [i.id for i in checked if i.id is not None]
         hashes = {i.id: content_hash(i) for i in checked}
         sources = sorted({i.source for i in checked if i.source})

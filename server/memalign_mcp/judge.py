@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -47,10 +47,11 @@ from memalign_mcp.prompts import (
     score_messages,
     score_schema,
 )
-from memalign_mcp.records import Matrix, MemoryRow, Neighbour, Vector
+from memalign_mcp.records import MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
 from memalign_mcp.transaction import Ledger, MemoryState
+from memalign_mcp.vector_snapshot import VectorSnapshot
 from memalign_mcp.vote import memory_verdict
 
 
@@ -86,41 +87,6 @@ def example_of(row: MemoryRow) -> ExampleView:
         value=body["value"],
         rationale=body["rationale"],
     )
-
-
-class VectorSnapshot:
-    """Every feedback vector of one judge at one memory version, for exact cosine search in memory.
-
-    Reading the judge's vectors once per memory version and searching them with one matrix product keeps a
-    score's retrieval to a few milliseconds at 100k items, where LanceDB's scan takes tens. It costs 4 bytes
-    per dimension per item in memory (154 MB for 100k items of 384 dimensions).
-    """
-
-    def __init__(
-        self, item_ids: Sequence[str], vectors: Matrix, rows: dict[str, MemoryRow] | None = None
-    ) -> None:
-        self.item_ids = list(item_ids)
-        self.vectors = vectors
-        # Whole rows for judges small enough to hold: the k neighbours then cost no read of the store.
-        self.rows = rows
-        # Norms apart rather than a normalised copy: one matrix in memory, not two.
-        self.inverse_norms = 1.0 / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-
-    def top(self, vector: Vector, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """(item id, cosine similarity) of the k items most similar to the vector, most similar first."""
-        n = len(self.item_ids)
-        if k <= 0 or n == 0:
-            return []
-        query = vector.astype(np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
-        # einsum runs in this thread: a BLAS product would wake OpenBLAS's threads, whose spinning afterwards
-        # slows the embedder and LanceDB on a small machine by more than the product saves.
-        similarity = np.einsum("ij,j->i", self.vectors, query) * self.inverse_norms
-        # Exclusions are few (leave-one-out excludes one item): take that many more, then drop them.
-        wanted = min(n, k + len(exclude))
-        pool = np.argpartition(-similarity, wanted - 1)[:wanted] if wanted < n else np.arange(n)
-        ranked = pool[np.argsort(-similarity[pool], kind="stable")].tolist()
-        found = [(self.item_ids[i], float(similarity[i])) for i in ranked]
-        return [pair for pair in found if pair[0] not in exclude][:k]
 
 
 class JudgeService:
