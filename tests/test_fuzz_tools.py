@@ -330,3 +330,12 @@ def test_a_lone_surrogate_anywhere_is_refused_naming_the_field_not_a_crash(fuzze
         assert "Internal error" not in message
         assert len(message) < 600, message  # a huge value is shown cut short
     assert fuzzed.snapshot() == before
+
+
+def test_an_unknown_argument_to_a_tool_without_arguments_says_it_takes_none(fuzzed: Fuzzed) -> None:
+    result = fuzzed.call("list_judges", {"purge ": []})
+    assert result.is_error
+    assert text_of(result).endswith(
+        "Unknown argument 'purge ' for list_judges. Got []; expected no arguments. "
+        "Call list_judges again without purge ."
+    )
