@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
@@ -38,7 +38,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 CALL_DEADLINE_S = 60.0  # a hang fails the example instead of the whole run
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile(
-    "ci", max_examples=100, derandomize=True, deadline=None, database=None, suppress_health_check=_SLOW_OK
+    "ci", max_examples=80, derandomize=True, deadline=None, database=None, suppress_health_check=_SLOW_OK
 )
 settings.register_profile(
     "long", max_examples=3000, deadline=None, database=None, suppress_health_check=_SLOW_OK
@@ -91,7 +91,6 @@ junk = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
-judge_name = st.sampled_from([*JUDGES, "helpfulness", "no-such-judge", "FZ-BOOL", "fz bool"]) | text
 ids = st.sampled_from(_BOGUS_IDS) | st.text(_any_char, max_size=20)
 judged = st.sampled_from(
     ["Where is my order?", "Not my problem.", "I'm sorry, it is on its way."]
@@ -100,8 +99,17 @@ verdict = st.booleans() | st.sampled_from([1, 3, 5, "good", "bad"])
 
 
 def maybe(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Mostly a well-formed value, sometimes anything at all."""
-    return st.one_of(valid, valid, junk)
+    """Mostly a well-formed value (four times in five), sometimes anything at all."""
+    return st.one_of(valid, valid, valid, valid, junk)
+
+
+judge_name = st.one_of(
+    st.sampled_from(JUDGES),
+    st.sampled_from(JUDGES),
+    st.sampled_from(JUDGES),
+    junk,
+    st.sampled_from(["helpfulness", "no-such-judge", "FZ-BOOL", "fz bool"]),
+)
 
 
 def feedback_item() -> st.SearchStrategy[Any]:
@@ -188,7 +196,9 @@ ARGUMENTS: dict[str, tuple[dict[str, st.SearchStrategy[Any]], dict[str, st.Searc
 def arguments_for(tool: str) -> st.SearchStrategy[dict[str, Any]]:
     """A tool's arguments: its own (some left out) and sometimes an unknown one."""
     required, optional = ARGUMENTS[tool]
-    known = st.fixed_dictionaries({}, optional={**required, **optional})
+    # Required arguments are there four times in five (each may still be junk); then each may be missing.
+    given = st.one_of(*[st.fixed_dictionaries(required)] * 4, st.fixed_dictionaries({}, optional=required))
+    known = st.builds(dict.__or__, given, st.fixed_dictionaries({}, optional=optional))
     extra = st.dictionaries(
         st.sampled_from(["feedbak", "judge_name", "", "__proto__", "purge "]), junk, max_size=1
     )
@@ -269,7 +279,38 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
         yield fuzzed
 
 
+ITEM = {"inputs": "Where is my order?", "outputs": "Not my problem.", "value": False, "rationale": "Rude."}
+# One well-formed call per tool, always tried first: each tool's answering path is under the same properties.
+WELL_FORMED: list[tuple[str, dict[str, Any]]] = [
+    ("create_judge", {"name": "fz-new", "instructions": "Is {{ outputs }} kind?"}),
+    ("list_judges", {}),
+    ("add_feedback", {"judge": "fz-bool", "feedback": [ITEM | {"id": "fz-1"}]}),
+    ("score_response", {"judge": "fz-bool", "inputs": "Where is it?", "outputs": "Look it up yourself."}),
+    ("list_feedback", {"judge": "fz-bool", "limit": 5, "offset": 0}),
+    ("list_guidelines", {"judge": "fz-bool"}),
+    ("distill_pending", {"judge": "fz-bool"}),
+    ("judge_history", {"judge": "fz-bool", "limit": 3}),
+    ("diff_judge", {"judge": "fz-bool", "from_version": 0, "to_version": 1}),
+    (
+        "evaluate_judge",
+        {"judge": "fz-bool", "dataset": [{"inputs": "q", "outputs": "Not my problem.", "value": False}]},
+    ),
+    ("update_judge", {"judge": "fz-int", "retrieval_k": 3}),
+    ("rollback_judge", {"judge": "fz-bool", "version": 1}),
+    ("remove_feedback", {"judge": "fz-bool", "feedback_ids": ["fz-1"], "purge": True}),
+    ("delete_judge", {"judge": "fz-new"}),
+]
+
+
+def with_well_formed_examples(test: Any) -> Any:
+    """Decorate `test` with one hypothesis example per entry of WELL_FORMED, in order."""
+    for call in reversed(WELL_FORMED):
+        test = example(call=call)(test)
+    return test
+
+
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@with_well_formed_examples
 @given(call=calls)
 def test_every_tool_answers_any_arguments_and_a_refusal_changes_nothing(
     fuzzed: Fuzzed, call: tuple[str, dict[str, Any]]
@@ -277,9 +318,7 @@ def test_every_tool_answers_any_arguments_and_a_refusal_changes_nothing(
     tool, arguments = call
     before = fuzzed.snapshot()
     result = fuzzed.call(tool, arguments)  # an MCPError or a timeout here fails the example
-    event(
-        f"{tool} {'refused' if result.is_error else 'answered'}"
-    )  # the mix, with --hypothesis-show-statistics
+    event(f"{tool} {'refused' if result.is_error else 'answered'}")  # the mix: --hypothesis-show-statistics
     if result.is_error:
         message = text_of(result)
         assert message
@@ -289,7 +328,9 @@ def test_every_tool_answers_any_arguments_and_a_refusal_changes_nothing(
         assert fuzzed.snapshot() == before, f"{tool} was refused but changed the store: {message}"
     else:
         assert result.structured_content is not None
-    assert isinstance(fuzzed.ok("list_judges")["judges"], list)  # still answering
+    still_there = {j["name"] for j in fuzzed.ok("list_judges")["judges"]}  # still answering
+    for name in sorted(SPECS.keys() - still_there):  # deleted: made again, so later calls find it
+        fuzzed.ok("create_judge", name=name, **SPECS[name])
 
 
 # --- what the fuzzer found, kept as plain regressions -----------------------------------------------------------
