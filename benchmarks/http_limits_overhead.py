@@ -76,7 +76,7 @@ def main() -> None:
         before = _start(uvicorn.Config(plain_app, port=before_port, log_level="warning", access_log=False))
         bounded = build_server(settings, log_level="WARNING")
         srv = settings.server.model_copy(update={"port": after_port})
-        config = http_config(bounded, srv)
+        config = http_config(bounded, srv, max_body_bytes=settings.limits.max_request_bytes)
         config.access_log = False
         after = _start(config)
         ports = {"before": before_port, "after": after_port}

@@ -49,12 +49,12 @@ from feedbackqa_data import DEFAULT_DATA, REPO, Row, agreeing_rationale, read_sp
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import LocalMiniLMEmbedder, text_for_embedding
 from memalign_mcp.engine import make_client, open_engine
-from memalign_mcp.judge import VectorSnapshot
 from memalign_mcp.llm import Check, Completion, ModelClient
 from memalign_mcp.models import FeedbackInput, JudgeSpec
 from memalign_mcp.records import MemoryRow, Neighbour, Summary
 from memalign_mcp.settings import Settings, load_settings
 from memalign_mcp.transaction import Change, Ledger, MemoryState
+from memalign_mcp.vector_snapshot import VectorSnapshot
 from memalign_mcp.vote import memory_verdict
 from run_record import describe, percentile, run_record
 

@@ -220,7 +220,7 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
         "[server]\n"
         f"header_timeout_s = {HEADER_TIMEOUT_S}\nbody_timeout_s = {BODY_TIMEOUT_S}\n"
         f"sse_idle_timeout_s = {SSE_IDLE_S}\nmax_connections = {MAX_CONNECTIONS}\n"
-        f"max_body_bytes = {MAX_BODY_BYTES}\n"
+        f"[limits]\nmax_request_bytes = {MAX_BODY_BYTES}\n"
     )
     port = free_port()
     log = root / "server.log"

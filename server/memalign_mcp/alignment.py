@@ -9,9 +9,6 @@ the items stay pending and `distill_pending` (or the next add) completes them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,32 +17,22 @@ from memalign_mcp.distill import DistillOutcome, WorkingGuideline
 from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
+from memalign_mcp.feedback_checks import content_hash, validated_feedback
 from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
 from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
+    NO_SURROGATES,
     AddFeedbackResult,
     FeedbackInput,
     Guideline,
     JudgeSpec,
     LabelledExample,
     RemoveFeedbackResult,
+    has_lone_surrogate,
 )
 from memalign_mcp.records import MemoryRow, Summary, Vector
 from memalign_mcp.review import ReviewService, with_review_status, with_statuses
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
-
-# \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}\Z")
-
-
-def content_hash(item: FeedbackInput) -> str:
-    """A hash of what a feedback item says (not who said it), to tell a re-send from a correction."""
-    canonical = json.dumps(
-        [item.inputs, item.outputs, item.expectations, item.value, item.rationale],
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _body(item: FeedbackInput) -> dict[str, Any]:
@@ -73,54 +60,6 @@ class MemAlignService(ReviewService):
         """Agreement with human verdicts on a labelled set, or leave-one-out over the judge's own feedback."""
         return evaluate(self, name, dataset, compare_baseline=compare_baseline, progress=progress)
 
-    # --- validation ---------------------------------------------------------------------------------------
-
-    def _validated(self, spec: JudgeSpec, items: Sequence[Any]) -> list[FeedbackInput]:
-        limit = self.settings.memory.max_items_per_call
-        if isinstance(items, (str, bytes)) or not items:
-            raise InvalidInputError("feedback", items, "a non-empty list of feedback items")
-        if len(items) > limit:
-            raise InvalidInputError("feedback", f"{len(items)} items", f"at most {limit} items per call")
-        out: list[FeedbackInput] = []
-        seen: dict[str, tuple[int, str, str | None]] = {}
-        for i, raw in enumerate(items):
-            item = raw if isinstance(raw, FeedbackInput) else FeedbackInput.model_validate(raw)
-            where = f"feedback[{i}]"
-            self.check_text(f"{where}.inputs", item.inputs)
-            self.check_text(f"{where}.outputs", item.outputs)
-            self.check_text(f"{where}.expectations", item.expectations, required=False)
-            self.check_text(f"{where}.rationale", item.rationale)
-            value = spec.check_value(item.value, f"{where}.value")
-            if spec.feedback_type == "text":  # free text shown in prompts: the limit of every judged text
-                self.check_text(f"{where}.value", value)
-            if item.source is not None and (not item.source.strip() or len(item.source) > 200):
-                raise InvalidInputError(
-                    f"{where}.source", item.source, "a non-empty name of at most 200 characters"
-                )
-            if item.id is not None and not _ID_PATTERN.match(item.id):
-                raise InvalidInputError(
-                    f"{where}.id", item.id, "1-128 characters: letters, digits and _ . : @ / - (not first)"
-                )
-            item = item.model_copy(update={"value": value})
-            given_id = item.id is not None
-            if item.id is None:
-                item = item.model_copy(update={"id": "fb-" + content_hash(item)[:16]})
-            assert item.id is not None
-            digest = content_hash(item)
-            if item.id in seen:
-                first, first_digest, first_source = seen[item.id]
-                if first_digest == digest and first_source == item.source:
-                    continue  # the same item twice in one call: taken once
-                what = f"the id {item.id!r}" if given_id else "the same content (and so the same made-up id)"
-                raise InvalidInputError(
-                    f"{where}",
-                    f"an item with {what} as feedback[{first}]",
-                    f"each id once per call; feedback[{first}] and {where} differ, so send only the right one",
-                )
-            seen[item.id] = (i, digest, item.source)
-            out.append(item)
-        return out
-
     # --- add ----------------------------------------------------------------------------------------------
 
     def add_feedback(
@@ -133,7 +72,9 @@ class MemAlignService(ReviewService):
     ) -> AddFeedbackResult:
         """Store human feedback (episodic memory) and distil guidelines from it (semantic memory)."""
         spec, _ = self.spec_and_version(name)
-        checked = self._validated(spec, items)
+        checked = validated_feedback(
+            spec, items, max_items=self.settings.memory.max_items_per_call, check_text=self.check_text
+        )
         ids = [i.id for i in checked if i.id is not None]
         hashes = {i.id: content_hash(i) for i in checked}
         sources = sorted({i.source for i in checked if i.source})
@@ -330,9 +271,20 @@ class MemAlignService(ReviewService):
         """Forget feedback: the items, every guideline built only on them, and re-derive the rest."""
         if isinstance(feedback_ids, str) or not feedback_ids:
             raise InvalidInputError("feedback_ids", feedback_ids, "a non-empty list of feedback ids")
+        cap = self.settings.limits.max_ids_per_call
+        if len(feedback_ids) > cap:
+            raise InvalidInputError(
+                "feedback_ids",
+                f"{len(feedback_ids)} ids",
+                f"at most {cap} ids per call (limits.max_ids_per_call); remove them in several calls",
+            )
         for i, fid in enumerate(feedback_ids):
-            if not isinstance(fid, str) or not fid:  # pyright: ignore[reportUnnecessaryIsInstance]
-                raise InvalidInputError(f"feedback_ids[{i}]", fid, "a feedback id (see list_feedback)")
+            if not isinstance(fid, str) or not fid or len(fid) > 128:  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise InvalidInputError(
+                    f"feedback_ids[{i}]", fid, "a feedback id of 1-128 characters (see list_feedback)"
+                )
+            if has_lone_surrogate(fid):  # never stored, and a purge's tombstone would record it
+                raise InvalidInputError(f"feedback_ids[{i}]", fid, NO_SURROGATES)
         if not isinstance(purge, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("purge", purge, "true or false")
         wanted = list(dict.fromkeys(feedback_ids))
@@ -368,6 +320,7 @@ class MemAlignService(ReviewService):
         forgetting = forgotten.get("f", Forgetting()) if commit is not None else Forgetting()
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
+            self.forget_cached_text(name)
         return RemoveFeedbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,

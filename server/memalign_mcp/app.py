@@ -161,6 +161,7 @@ def build_server(
         token_verifier=auth.verifier if auth else None,
         auth=auth.settings if auth else None,
         local_grant=Grant.local(settings.server.stdio_scopes),
+        limits=settings.limits,
     )
     _add_judge_tools(server)
     _add_memory_tools(server)

@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log.info("bearer tokens required; callers: %s", ", ".join(auth.verifier.names))
         from memalign_mcp.http_serving import serve_http
 
-        serve_http(server, srv)
+        serve_http(server, srv, max_body_bytes=settings.limits.max_request_bytes)
     return EXIT_OK
 
 

@@ -55,7 +55,7 @@ class UnknownJudgeError(MemAlignError, LookupError):
         self.known = known
         listed = ", ".join(known) if known else "(none yet)"
         super().__init__(
-            f"Unknown judge {name!r}. Known judges: {listed}. "
+            f"Unknown judge {show_value(name)}. Known judges: {listed}. "
             "Call list_judges to see them, or create_judge to make one."
         )
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from memalign_mcp.errors import InvalidInputError, PurgedContentError
 from memalign_mcp.judge import JudgeService, guideline_of
+from memalign_mcp.limits import check_spec_limits
 from memalign_mcp.models import (
     Judge,
     JudgeDiff,
@@ -140,6 +141,7 @@ class HistoryService(JudgeService):
         def prepare(state: MemoryState) -> Change | None:
             old = JudgeSpec.model_validate_json(state.spec_json)
             spec = JudgeSpec.model_validate(old.model_dump() | changes).validated()
+            check_spec_limits(spec, self.settings.limits)
             if spec == old:
                 return None
             whole = self.ledger.whole_rows(state, list(state.feedback))

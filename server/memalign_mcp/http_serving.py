@@ -2,7 +2,7 @@
 
 This module owns running the SDK's streamable-HTTP app under uvicorn (the only uvicorn import) with the limits of
 `[server]` in the settings:
-- `max_body_bytes`: the SDK's own body limit (HTTP 413, whether declared or streamed);
+- `[limits] max_request_bytes`: the SDK's own body limit (HTTP 413, whether declared or streamed);
 - `max_connections`: uvicorn's `limit_concurrency` (a request when that many connections or tasks are open gets
   503), and a connection accepted beyond it is closed at once, so open sockets stay bounded;
 - `header_timeout_s` and `body_timeout_s`: uvicorn's h11 protocol has neither. It closes a kept-alive connection
@@ -190,13 +190,13 @@ class _HungUpFilter(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], ClientDisconnect))
 
 
-def http_config(server: JudgeServer, settings: ServerSettings) -> uvicorn.Config:
+def http_config(server: JudgeServer, settings: ServerSettings, *, max_body_bytes: int) -> uvicorn.Config:
     """uvicorn's configuration for `server` over stateless streamable HTTP at http://host:port/mcp, bounded."""
     app = server.streamable_http_app(
         # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
         stateless_http=True,
         json_response=True,
-        max_request_body_size=settings.max_body_bytes,
+        max_request_body_size=max_body_bytes,
         transport_security=loopback_security(settings),
         host=settings.host,
     )
@@ -213,6 +213,6 @@ def http_config(server: JudgeServer, settings: ServerSettings) -> uvicorn.Config
     )
 
 
-def serve_http(server: JudgeServer, settings: ServerSettings) -> None:
+def serve_http(server: JudgeServer, settings: ServerSettings, *, max_body_bytes: int) -> None:
     """Serve `server` over HTTP until the process is stopped."""
-    anyio.run(uvicorn.Server(http_config(server, settings)).serve)
+    anyio.run(uvicorn.Server(http_config(server, settings, max_body_bytes=max_body_bytes)).serve)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,11 @@ from memalign_mcp.errors import (
     PurgedContentError,
     UnknownJudgeError,
 )
+from memalign_mcp.limits import ModelGate, check_spec_limits
 from memalign_mcp.llm import ModelClient
 from memalign_mcp.models import (
     MEMORY_MODEL,
+    NO_SURROGATES,
     DeleteJudgeResult,
     FeedbackPage,
     FeedbackRecord,
@@ -37,6 +39,7 @@ from memalign_mcp.models import (
     JudgeSpec,
     ListedGuideline,
     ScoreResult,
+    has_lone_surrogate,
 )
 from memalign_mcp.prompts import (
     SCORE_SCHEMA_NAME,
@@ -45,10 +48,11 @@ from memalign_mcp.prompts import (
     score_messages,
     score_schema,
 )
-from memalign_mcp.records import Matrix, MemoryRow, Neighbour, Vector
+from memalign_mcp.records import MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import Settings
 from memalign_mcp.store import MemoryStore
 from memalign_mcp.transaction import Ledger, MemoryState
+from memalign_mcp.vector_snapshot import VectorSnapshot
 from memalign_mcp.vote import memory_verdict
 
 
@@ -98,41 +102,6 @@ def example_of(row: MemoryRow) -> ExampleView:
     )
 
 
-class VectorSnapshot:
-    """Every feedback vector of one judge at one memory version, for exact cosine search in memory.
-
-    Reading the judge's vectors once per memory version and searching them with one matrix product keeps a
-    score's retrieval to a few milliseconds at 100k items, where LanceDB's scan takes tens. It costs 4 bytes
-    per dimension per item in memory (154 MB for 100k items of 384 dimensions).
-    """
-
-    def __init__(
-        self, item_ids: Sequence[str], vectors: Matrix, rows: dict[str, MemoryRow] | None = None
-    ) -> None:
-        self.item_ids = list(item_ids)
-        self.vectors = vectors
-        # Whole rows for judges small enough to hold: the k neighbours then cost no read of the store.
-        self.rows = rows
-        # Norms apart rather than a normalised copy: one matrix in memory, not two.
-        self.inverse_norms = 1.0 / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-
-    def top(self, vector: Vector, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        """(item id, cosine similarity) of the k items most similar to the vector, most similar first."""
-        n = len(self.item_ids)
-        if k <= 0 or n == 0:
-            return []
-        query = vector.astype(np.float32) / max(float(np.linalg.norm(vector)), 1e-12)
-        # einsum runs in this thread: a BLAS product would wake OpenBLAS's threads, whose spinning afterwards
-        # slows the embedder and LanceDB on a small machine by more than the product saves.
-        similarity = np.einsum("ij,j->i", self.vectors, query) * self.inverse_norms
-        # Exclusions are few (leave-one-out excludes one item): take that many more, then drop them.
-        wanted = min(n, k + len(exclude))
-        pool = np.argpartition(-similarity, wanted - 1)[:wanted] if wanted < n else np.arange(n)
-        ranked = pool[np.argsort(-similarity[pool], kind="stable")].tolist()
-        found = [(self.item_ids[i], float(similarity[i])) for i in ranked]
-        return [pair for pair in found if pair[0] not in exclude][:k]
-
-
 class JudgeService:
     """Judges with two memories over one store; thread-safe, one instance per process.
 
@@ -147,6 +116,11 @@ class JudgeService:
         self.ledger = Ledger(store)
         self.embedder = embedder
         self.client = client
+        limits = settings.limits
+        # Every model call of this process goes through one gate: scoring, distillation and re-derivation.
+        self.gated_client: ModelClient | None = (
+            ModelGate(client, limits.model_concurrency, limits.model_wait_s) if client is not None else None
+        )
         self._snapshots: dict[str, tuple[tuple[str, int], VectorSnapshot]] = {}
 
     # --- judges -------------------------------------------------------------------------------------------
@@ -162,11 +136,11 @@ class JudgeService:
     def reflector(self) -> Reflector | None:
         """The reflection model's wrapper, or None when no reflection model is configured."""
         model = self.settings.model.reflection_model
-        if model is None or self.client is None:
+        if model is None or self.gated_client is None:
             return None
         mem = self.settings.memory
         return Reflector(
-            self.client,
+            self.gated_client,
             model,
             self.embedder,
             merge_threshold=mem.merge_threshold,
@@ -200,7 +174,16 @@ class JudgeService:
     def create_judge(self, spec: JudgeSpec, *, who: str | None = None) -> Judge:
         """Create a judge; the same spec again returns the existing judge, a different one is refused."""
         spec = spec.model_copy().validated()
+        check_spec_limits(spec, self.settings.limits)
         spec_json = spec.model_dump_json()
+        names = self.ledger.names()
+        cap = self.settings.limits.max_judges
+        if spec.name not in names and len(names) >= cap:
+            raise InvalidInputError(
+                "name",
+                spec.name,
+                f"a store of at most {cap} judges (limits.max_judges), which this one has; delete_judge one first",
+            )
         if self.ledger.create(spec.name, spec_json, who=who) is None:
             # Read through the model, so a field added since the judge was made compares as its default.
             stored = JudgeSpec.model_validate_json(self.state(spec.name).spec_json).model_dump(mode="json")
@@ -258,6 +241,18 @@ class JudgeService:
             feedback_deleted=len(state.feedback),
             guidelines_deleted=len(state.guidelines),
         )
+
+    def forget_cached_text(self, name: str) -> None:
+        """Drop every cache that may hold a judge's removed text, so a purge leaves no copy in this process.
+
+        The judge's vector snapshot keeps whole rows and the ledger its latest state; the embedder may cache
+        the words of every text it embedded. Each fills again from what is left on the next read.
+        """
+        self._snapshots.pop(name, None)
+        self.ledger.forget_cached(name)
+        forget: Callable[[], None] | None = getattr(self.embedder, "forget_cached_text", None)
+        if forget is not None:
+            forget()
 
     # --- reading memory -----------------------------------------------------------------------------------
 
@@ -349,6 +344,8 @@ class JudgeService:
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if not text.strip() or value == {}:
             raise InvalidInputError(field, value, "non-empty text or a non-empty JSON object")
+        if has_lone_surrogate(text):
+            raise InvalidInputError(field, value, NO_SURROGATES)
         limit = self.settings.memory.max_field_chars
         if len(text) > limit:
             raise InvalidInputError(field, value, f"at most {limit} characters (memory.max_field_chars)")
@@ -397,7 +394,7 @@ class JudgeService:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 confidence=verdict.confidence,
             )
-        if self.client is None:
+        if self.gated_client is None:
             raise MemAlignError(f"Judge {name!r} uses model {model!r}, but no model client is configured.")
         messages = score_messages(
             spec,
@@ -411,7 +408,7 @@ class JudgeService:
         def check(data: dict[str, Any]) -> None:
             spec.check_value(data.get("value"))
 
-        completion = self.client.complete_json(
+        completion = self.gated_client.complete_json(
             model=model,
             messages=messages,
             schema_name=SCORE_SCHEMA_NAME,

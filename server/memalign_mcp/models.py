@@ -29,6 +29,20 @@ _TEMPLATE_VAR = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 MEMORY_MODEL = "memory"
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+NO_SURROGATES = "text without lone surrogates (half of a UTF-16 pair cannot be stored as UTF-8)"
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True when `text` holds half of a UTF-16 surrogate pair: JSON can carry one, UTF-8 cannot store it."""
+    return _LONE_SURROGATE.search(text) is not None
+
+
+def is_judge_name(name: str) -> bool:
+    """Whether `name` could name a judge: every judge was created with a name of this pattern."""
+    return re.fullmatch(JUDGE_NAME_PATTERN, name) is not None
+
+
 class JudgeSpec(BaseModel):
     """What a judge is: its instructions, the type of verdict it gives, and the model that gives it."""
 
@@ -57,8 +71,13 @@ class JudgeSpec(BaseModel):
 
     def validated(self) -> JudgeSpec:
         """Check every field against the rules a caller cannot see in the schema; return self."""
-        if not re.fullmatch(JUDGE_NAME_PATTERN, self.name):
+        if not is_judge_name(self.name):
             raise InvalidInputError("name", self.name, f"a name matching {JUDGE_NAME_PATTERN}")
+        for field, text in [("instructions", self.instructions), ("model", self.model or "")] + [
+            (f"choices[{i}]", c) for i, c in enumerate(self.choices or [])
+        ]:
+            if has_lone_surrogate(text):
+                raise InvalidInputError(field, text, NO_SURROGATES)
         if not self.instructions.strip():
             raise InvalidInputError("instructions", self.instructions, "non-empty instructions")
         used = template_variables(self.instructions)

@@ -153,6 +153,38 @@ class MemorySettings(_Section):
     )
 
 
+class LimitsSettings(_Section):
+    """Bounds that keep one caller, or one bad input, from exhausting the server (a call over one is refused)."""
+
+    max_instructions_chars: int = Field(
+        default=20_000, ge=100, description="Longest judge instructions (list_judges returns them all)."
+    )
+    max_model_chars: int = Field(default=200, ge=10, le=10_000, description="Longest model name of a judge.")
+    max_choices: int = Field(default=100, ge=2, le=10_000, description="Most choices of a categorical judge.")
+    max_choice_chars: int = Field(
+        default=200, ge=1, le=10_000, description="Longest choice of a categorical judge."
+    )
+    max_ids_per_call: int = Field(default=1_000, ge=1, description="Most feedback ids per remove_feedback.")
+    max_judges: int = Field(default=1_000, ge=1, description="Most judges in one store.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body; a larger one gets 413."
+    )
+    requests_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Tool calls a minute per HTTP caller (token, else address); 0: unlimited.",
+    )
+    stdio_requests_per_minute: int = Field(
+        default=0, ge=0, description="Tool calls a minute over stdio; 0: unlimited."
+    )
+    model_concurrency: int = Field(
+        default=8, ge=1, le=1_000, description="Model calls in flight at once in this process."
+    )
+    model_wait_s: float = Field(
+        default=30.0, gt=0, description="How long a model call waits for a free slot before it fails."
+    )
+
+
 class ServerSettings(_Section):
     """How the MCP server is reached and which judges it ships."""
 
@@ -199,9 +231,6 @@ class ServerSettings(_Section):
     max_connections: int = Field(
         default=256, ge=2, le=100_000, description="Open HTTP connections; one more is closed at once."
     )
-    max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest request body; a larger one gets HTTP 413."
-    )
     sse_idle_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -217,6 +246,7 @@ class Settings(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     config_dir: str = Field(
         default="", description="Directory of the config file, for relative paths; empty: the packaged one."

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
 from memalign_mcp.memory_state import MemoryState, apply_commits, replay
+from memalign_mcp.models import is_judge_name
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary, new_txn
 from memalign_mcp.store import MemoryStore
 
@@ -148,6 +149,10 @@ class Ledger:
         # Called at each step of a change (name, step): tests use it to force interleavings and failures.
         self.on_step: StepHook | None = None
 
+    def forget_cached(self, name: str) -> None:
+        """Drop the judge's cached state (its rows), so the next read replays it from the store."""
+        self._states.pop(name, None)
+
     # --- reading ------------------------------------------------------------------------------------------
 
     def commits(self, name: str) -> list[Commit]:
@@ -158,6 +163,9 @@ class Ledger:
         successors but not the commit. Then every commit is read again; a change is never checked or
         replayed against a history with a hole in it.
         """
+        if not is_judge_name(name):
+            # No judge can have it, so the store's queries never see it (a lone surrogate crashed one).
+            return []
         version = self.store.version
         cached = self._commits.get(name)
         if cached is not None and cached[0] == version:
