@@ -363,6 +363,8 @@ class MemAlignService(HistoryService):
         forgetting = forgotten.get("f", Forgetting()) if commit is not None else Forgetting()
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
+        # Returns only once every replica's next read checks for this commit: none scores with removed items.
+        self.ledger.freshness.settle()
         return RemoveFeedbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,

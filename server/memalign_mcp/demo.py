@@ -36,7 +36,7 @@ class DemoOptions:
     """What the demo's command line chose: the server's config file, store and log level."""
 
     config: Path | None = None
-    data_dir: Path | None = None
+    data_dir: Path | str | None = None  # a directory, or an object-store URI such as s3://bucket/prefix
     log_level: str = "WARNING"
 
 
@@ -124,7 +124,7 @@ def _distillation(settings: Settings, added: dict[str, Any]) -> str:
     return f"ran with {settings.model.reflection_model}: {len(added['guidelines_added'])} guideline(s) added"
 
 
-def _server(options: DemoOptions, data_dir: Path) -> Any:
+def _server(options: DemoOptions, data_dir: Path | str) -> Any:
     """How to start `memalign-mcp serve` with the demo's config file, store and log level."""
     from mcp.client.stdio import StdioServerParameters
 
@@ -143,7 +143,7 @@ def _server(options: DemoOptions, data_dir: Path) -> Any:
     )
 
 
-async def run_demo(settings: Settings, options: DemoOptions, data_dir: Path) -> None:
+async def run_demo(settings: Settings, options: DemoOptions, data_dir: Path | str) -> None:
     """Run the whole workflow against `memalign-mcp serve` in a subprocess."""
     from mcp import Client
 
