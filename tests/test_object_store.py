@@ -144,7 +144,8 @@ def item(item_id: str, outputs: str, rationale: str = "Answers the question.") -
 
 
 async def new_judge(replicas: Replicas, name: str) -> None:
-    """A bool judge made through the first replica."""
+    """A bool judge made through the first replica, with the model on the support-desk script again."""
+    replicas.model.reset(support_desk)
     await call(replicas.urls[0], "create_judge", {"name": name, "instructions": "Is {{ outputs }} helpful?"})
 
 
@@ -194,7 +195,6 @@ async def test_concurrent_adds_through_both_replicas_lose_nothing_and_duplicate_
 
 
 async def test_a_removal_through_one_replica_is_honoured_by_the_others_next_score(replicas: Replicas) -> None:
-    replicas.model.reset(support_desk)
     await new_judge(replicas, "forget")
     secret_reply = "Track it yourself, ref KESTREL-88."
     await call(replicas.urls[0], "add_feedback", {"judge": "forget", "feedback": [item("k", secret_reply)]})
@@ -213,7 +213,6 @@ async def test_a_removal_through_one_replica_is_honoured_by_the_others_next_scor
 async def test_a_purge_through_one_replica_leaves_the_text_in_no_object_of_the_bucket(
     replicas: Replicas, object_store: ObjectStore
 ) -> None:
-    replicas.model.reset(support_desk)
     secret = "ZQX-5512-PRIVATE-ACCOUNT"
     await new_judge(replicas, "purged")
     feedback = [
