@@ -124,6 +124,19 @@ def _distillation(settings: Settings, added: dict[str, Any]) -> str:
     return f"ran with {settings.model.reflection_model}: {len(added['guidelines_added'])} guideline(s) added"
 
 
+_PASSED_ON = (
+    "MEMALIGN_",
+    "OPENAI_",
+    "ANTHROPIC_",
+    "LITELLM_",
+    "XDG_",
+    "AWS_",
+    "GOOGLE_",
+    "AZURE_",
+    "LANCEDB_",
+)
+
+
 def _server(options: DemoOptions, data_dir: Path | str) -> Any:
     """How to start `memalign-mcp serve` with the demo's config file, store and log level."""
     from mcp.client.stdio import StdioServerParameters
@@ -137,8 +150,9 @@ def _server(options: DemoOptions, data_dir: Path | str) -> Any:
         env={
             k: v
             for k, v in os.environ.items()
-            # PYTHONPATH: the server must import the same memalign_mcp as this process (a source checkout).
-            if k.startswith(("MEMALIGN_", "OPENAI_", "ANTHROPIC_", "LITELLM_", "XDG_")) or k == "PYTHONPATH"
+            # PYTHONPATH: the server must import the same memalign_mcp as this process (a source checkout);
+            # AWS_, GOOGLE_, AZURE_, LANCEDB_: how LanceDB reaches a store in object storage (--data-dir s3://).
+            if k.startswith(_PASSED_ON) or k == "PYTHONPATH"
         },
     )
 
