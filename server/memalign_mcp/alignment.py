@@ -321,6 +321,8 @@ class MemAlignService(ReviewService):
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
             self.forget_cached_text(name)
+        # Returns only once every replica's next read checks for this commit: none scores with removed items.
+        self.ledger.freshness.settle()
         return RemoveFeedbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,

@@ -15,6 +15,7 @@ knows about MCP.
     ├── JudgeGoneError         the judge was deleted while a change to it was prepared (transaction.py)
     ├── ModelError             the model failed or answered out of schema after retries
     ├── EmbeddingMismatchError the store was built with another embedding model
+    ├── StoreUnavailableError  the store (a bucket) could not be opened or read; nothing was done
     └── SettingsError          a bad setting at start (names the key, the value, what was expected)
 """
 
@@ -104,6 +105,10 @@ class ModelError(MemAlignError):
 
 class EmbeddingMismatchError(MemAlignError):
     """The store's vectors were made by a different embedding model than the one configured."""
+
+
+class StoreUnavailableError(MemAlignError):
+    """The store could not be opened or read (object storage unreachable, no such bucket, refused credentials)."""
 
 
 class SettingsError(MemAlignError):

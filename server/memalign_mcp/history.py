@@ -123,6 +123,8 @@ class HistoryService(JudgeService):
 
         commit, _ = self.ledger.change(name, prepare, who=who)
         summary = commit.summary.as_dict() if commit is not None else {}
+        if commit is not None:
+            self.ledger.freshness.settle()  # a rollback may take feedback away: as strong as a removal
         return RollbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,
@@ -174,11 +176,11 @@ class HistoryService(JudgeService):
 
             self.ledger.change(name, tombstone, who=who)
         with self.store.exclusive():
-            state = self.state(name)
+            state = self.ledger.state(name, fresh=True)
             rows = self.store.rows_of_generation(name, state.gen, content=False)
             # Commits read after the rows: every row seen whose transaction committed has its commit here
             # (rows and commit row land in one LanceDB commit, and no writer commits while the lease is held).
-            committed = {c.txn for c in self.ledger.generation(name)}
+            committed = {c.txn for c in self.ledger.generation(name, fresh=True)}
             doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
             doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
             # Rows of a transaction that never committed (its writer was killed) may hold derived text. A

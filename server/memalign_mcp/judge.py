@@ -113,7 +113,7 @@ class JudgeService:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.ledger = Ledger(store)
+        self.ledger = Ledger(store, freshness_s=settings.store.freshness_s())
         self.embedder = embedder
         self.client = client
         limits = settings.limits
@@ -235,6 +235,7 @@ class JudgeService:
         self.state(name)
         _, state = self.ledger.delete(name, who=who)
         self._snapshots.pop(name, None)
+        self.ledger.freshness.settle()  # no replica scores with the deleted memory once this returns
         return DeleteJudgeResult(
             judge=name,
             deleted=True,

@@ -163,4 +163,6 @@ class ReviewService(HistoryService):
 
         commit, state = self.ledger.change(name, prepare, who=who)
         version = commit.version if commit is not None else state.version
+        if action == "reject" and commit is not None:
+            self.ledger.freshness.settle()  # like a removal: no replica scores with it once this returns
         return _reviewed(name, version, after["row"], removed=action == "reject")

@@ -15,9 +15,9 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from memalign_mcp.errors import SettingsError
 from memalign_mcp.models import MEMORY_MODEL
@@ -34,6 +34,7 @@ from memalign_mcp.scopes import ALL_SCOPES, Scope
 PACKAGED_CONFIG_DIR = Path(str(resources.files("memalign_mcp") / "config"))
 DEFAULT_CONFIG = PACKAGED_CONFIG_DIR / "default.toml"
 CONFIG_ENV = "MEMALIGN_CONFIG"
+_REDACTED = "<redacted>"
 
 # Environment variable -> (section, key). Environment overrides the file; flags override both.
 ENV_KEYS: dict[str, tuple[str, str]] = {
@@ -113,20 +114,67 @@ class EmbeddingSettings(_Section):
     embed_fields: Literal["inputs", "inputs+outputs"] = "inputs+outputs"
 
 
+def _option_text(value: Any) -> Any:
+    """A TOML true/false or number as LanceDB's storage options spell it (strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+StorageOption = Annotated[SecretStr, BeforeValidator(_option_text)]
+
+
 class StoreSettings(_Section):
-    """Where memory lives."""
+    """Where memory lives: a local directory or object storage, and how fresh a replica's reads must be."""
 
     data_dir: str = Field(
-        default="", description="Directory of the store; empty means the user data directory."
+        default="",
+        description="Directory of the store, or s3://bucket/prefix (gs://, az://); empty: the user data directory.",
     )
     uri: str = Field(default="", description="Any LanceDB URI; overrides data_dir when set.")
+    # Values are secrets (keys, tokens, SAS): SecretStr keeps them out of repr, dumps and error messages.
+    storage_options: dict[str, StorageOption] = Field(
+        default_factory=dict[str, StorageOption],
+        description="LanceDB storage options (endpoint, region, allow_http, keys); never logged.",
+    )
+    freshness_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=60_000,
+        description="Oldest state a replica may score with after a commit elsewhere; empty: 1000 remote, 0 local.",
+    )
 
     def resolved_uri(self) -> str:
-        """The LanceDB URI to open."""
+        """The LanceDB URI to open: `<data_dir>/lancedb`, on local disk or in a bucket alike."""
         if self.uri:
             return self.uri
+        if is_remote(self.data_dir):
+            return self.data_dir.rstrip("/") + "/lancedb"
         base = Path(self.data_dir).expanduser() if self.data_dir else _user_data_dir()
         return str(base / "lancedb")
+
+    def is_remote(self) -> bool:
+        """True when the store is not a local directory (object storage, LanceDB Cloud)."""
+        return is_remote(self.resolved_uri())
+
+    def freshness_s(self) -> float:
+        """The freshness bound in seconds: the setting, else 1 s on object storage and 0 (every read) locally."""
+        if self.freshness_ms is not None:
+            return self.freshness_ms / 1000
+        return DEFAULT_REMOTE_FRESHNESS_MS / 1000 if self.is_remote() else 0.0
+
+    def lance_storage_options(self) -> dict[str, str]:
+        """The storage options as LanceDB takes them (the only place their values are revealed)."""
+        return {k: v.get_secret_value() for k, v in self.storage_options.items()}
+
+
+DEFAULT_REMOTE_FRESHNESS_MS = 1000
+
+
+def is_remote(uri: str) -> bool:
+    """True for a URI with a scheme (s3://, gs://, az://, db://); a plain path or file:// is local."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.lower() != "file"
 
 
 class MemorySettings(_Section):
@@ -334,4 +382,7 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise SettingsError(key, first.get("input"), first["msg"].lower()) from exc
+        got = first.get("input")
+        if key.startswith("store.storage_options"):
+            got = _REDACTED  # a storage option may be a secret: never echoed
+        raise SettingsError(key, got, first["msg"].lower()) from exc
