@@ -6,16 +6,21 @@ won the number. This measures that promise on its own, with nothing of the engin
 insert the same keys (each write also carries one unique row, as a change carries its data rows) into a table
 whose key column has no index, a B-tree index, or a B-tree index followed by optimize() (compaction and index
 update, what the store's housekeeping does). Every extra row of a contested key is a writer that was told it
-won a number another writer also won. Run from the repository root:
+won a number another writer also won. With `--s3` the table lives in a local S3 server (moto, serialised so that
+its conditional PUT is atomic as S3's is; tests/s3_server.py) instead of a temporary directory; the variant
+"no primary key" leaves out the table's unenforced primary key, which the store always declares. Run from the
+repository root:
 
-    .venv/bin/python benchmarks/lancedb_insert_race.py [--processes 4] [--keys 60]
+    .venv/bin/python benchmarks/lancedb_insert_race.py [--processes 4] [--keys 60] [--s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import sys
 import tempfile
 import time
 import uuid
@@ -29,13 +34,15 @@ import pyarrow as pa
 from lancedb.index import BTree  # pyright: ignore[reportMissingTypeStubs]
 
 # "btree, merge without index": the index exists but the merge is told not to use it (what MemoryStore.commit does).
-VARIANTS = ("no index", "btree", "btree+optimize", "btree, merge without index")
+VARIANTS = ("no index", "btree", "btree+optimize", "btree, merge without index", "no primary key")
 SCHEMA: Any = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("who", pa.string())])
 
 
-def writer(uri: str, me: str, keys: list[str], out: str, start: float, use_index: bool) -> None:
+def writer(
+    uri: str, me: str, keys: list[str], out: str, start: float, use_index: bool, options: dict[str, str]
+) -> None:
     """Insert-if-absent each key once, together with a unique row; write the keys this writer was told it won."""
-    db: Any = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+    db: Any = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=options)
     table: Any = db.open_table("t")
     while time.time() < start:  # start together, so that the writes overlap
         time.sleep(0.001)
@@ -53,14 +60,17 @@ def writer(uri: str, me: str, keys: list[str], out: str, start: float, use_index
     Path(out).write_text(json.dumps(won), encoding="utf-8")
 
 
-def race(variant: str, processes: int, keys: int) -> dict[str, Any]:
+def race(variant: str, processes: int, keys: int, s3: Any = None) -> dict[str, Any]:
     """One race on a fresh table; the rows each contested key ended with and what the writers were told."""
     tmp = tempfile.mkdtemp(prefix="memalign-race-")
-    db: Any = lancedb.connect(tmp)
+    uri: str = s3.new_prefix() if s3 is not None else tmp
+    options: dict[str, str] = s3.storage_options() if s3 is not None else {}
+    db: Any = lancedb.connect(uri, storage_options=options)
     table: Any = db.create_table("t", schema=SCHEMA)
-    table.set_unenforced_primary_key("id")
+    if variant != "no primary key":
+        table.set_unenforced_primary_key("id")
     table.add(pa.Table.from_pylist([{"id": f"pre-{i}", "who": "pre"} for i in range(50)], schema=SCHEMA))
-    if variant != "no index":
+    if variant not in ("no index", "no primary key"):
         table.create_index("id", config=BTree(), replace=True)
     if variant == "btree+optimize":
         for i in range(20):  # small fragments, as single-change commits make
@@ -73,7 +83,7 @@ def race(variant: str, processes: int, keys: int) -> dict[str, Any]:
     workers = [
         context.Process(
             target=writer,
-            args=(tmp, f"p{i}", contested, outs[i], start, variant != "btree, merge without index"),
+            args=(uri, f"p{i}", contested, outs[i], start, variant != "btree, merge without index", options),
         )
         for i in range(processes)
     ]
@@ -82,9 +92,8 @@ def race(variant: str, processes: int, keys: int) -> dict[str, Any]:
     for w in workers:
         w.join(timeout=300)
     told = sum(len(json.loads(Path(o).read_text(encoding="utf-8"))) for o in outs)
-    fresh: Any = lancedb.connect(tmp).open_table(
-        "t"
-    )  # a new handle: the first one does not see other writers
+    # A new handle: the first one does not see other writers.
+    fresh: Any = lancedb.connect(uri, storage_options=options).open_table("t")
     ids: list[str] = (
         fresh.search().where("id LIKE 'c:%'").select(["id"]).limit(None).to_arrow().column("id").to_pylist()
     )
@@ -106,13 +115,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--keys", type=int, default=60)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--s3", action="store_true", help="race in a local S3 server instead of a directory")
     args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        s3: Any = None
+        if args.s3:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from object_store import running_object_store
+
+            s3 = stack.enter_context(running_object_store(Path(tempfile.mkdtemp()) / "s3.log"))
+        table(args, s3)
+
+
+def table(args: argparse.Namespace, s3: Any) -> None:
+    """Race once per variant, printing a Markdown row each."""
     print(
         "| key column | writers | contested keys | rows of those keys | keys won by 2+ writers | writes told they won |"
     )
     print("|---|---|---|---|---|---|")
     for variant in args.variants:
-        r = race(variant, args.processes, args.keys)
+        r = race(variant, args.processes, args.keys, s3)
         print(
             f"| {variant} | {r['processes']} | {r['contested_keys']} | {r['rows_of_contested_keys']} | "
             f"{r['keys_won_twice_or_more']} | {r['writes_told_they_won']} |",

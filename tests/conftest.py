@@ -16,6 +16,7 @@ from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedd
 from memalign_mcp.engine import open_engine
 from memalign_mcp.llm import close_cached_clients
 from memalign_mcp.settings import load_settings
+from object_store import ObjectStore, running_object_store
 from scripted_model import ScriptedModelServer
 from support_desk_model import support_desk
 
@@ -83,3 +84,10 @@ class EngineFactory:
 def engines(tmp_path: Path, model: ScriptedModelServer) -> EngineFactory:
     """Engines over a fresh store in tmp_path, modelled by the scripted server."""
     return EngineFactory(tmp_path / "data", model)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """One local S3 server (moto) with a bucket for the whole run; each test takes its own prefix."""
+    with running_object_store(tmp_path_factory.mktemp("s3") / "requests.log") as store:
+        yield store

@@ -471,7 +471,8 @@ async def test_the_review_prompt_walks_an_operator_through_guidelines_and_forget
     got = await client.get_prompt("review_guidelines", {"judge": "helpfulness"})
     assert isinstance(got.messages[0].content, TextContent)
     text = got.messages[0].content.text
-    for step in ("list_guidelines", "list_feedback", "remove_feedback", "purge=true", "judge://helpfulness"):
+    steps = ("list_guidelines", "list_feedback", "remove_feedback", "purge=true", "review_guideline")
+    for step in (*steps, "judge://helpfulness"):
         assert step in text
 
 
@@ -493,7 +494,7 @@ async def test_tools_are_listed_before_the_engine_is_open_and_wait_for_it(tmp_pa
     async with Client(server) as connected:
         with anyio.fail_after(20):
             tools = await connected.list_tools()  # answered while the engine is still closed
-        assert len(tools.tools) == 14
+        assert len(tools.tools) == 16
         assert opened == []
         release.set()
         judges = await ok(connected, "list_judges")  # waits for the engine, then answers
@@ -506,7 +507,7 @@ async def test_an_engine_that_cannot_open_makes_every_call_an_error_saying_why(t
         raise SettingsError("judge file judges/x.toml", "x.toml", "a valid judge spec")
 
     async with Client(build_server(memory_settings(tmp_path), engine_factory=broken)) as connected:
-        assert len((await connected.list_tools()).tools) == 14
+        assert len((await connected.list_tools()).tools) == 16
         for _ in range(2):  # the failure is reported on every call, not only the first
             text = await refused(connected, "list_judges")
             assert "The judge engine could not start: Bad setting judge file judges/x.toml" in text
@@ -543,7 +544,7 @@ async def test_add_feedback_reports_progress_and_distils_guidelines_that_cite_th
     assert polite["source_feedback_ids"] == ["r-1"]
 
     listed = await ok(model_client, "list_guidelines", judge="support")
-    assert polite in listed["guidelines"]
+    assert polite | {"provenance": None} in listed["guidelines"]
     assert listed["judge_version"] == added["judge_version"]
     read = await model_client.read_resource("judge://support")
     content = read.contents[0]
@@ -596,3 +597,12 @@ async def test_a_reply_outside_the_judges_type_is_a_tool_error(
     text = await refused(model_client, "score_response", judge="scale", inputs="Refund?", outputs="Sure.")
     assert "gave no usable answer" in text
     assert len(model.calls) == 2  # retried once, then refused
+
+
+async def test_judged_text_that_is_json_in_a_string_reaches_the_model_as_sent(
+    model_client: Client, model: ScriptedModelServer
+) -> None:
+    await make_judge(model_client, "verbatim")
+    sent = '{"answer":"Sure, here is your refund."}'
+    await ok(model_client, "score_response", judge="verbatim", inputs="Refund?", outputs=sent)
+    assert sent in model.calls[-1].prompt_text()  # not parsed into an object and re-indented

@@ -42,6 +42,8 @@ ANNOTATIONS = {
     "judge_history": (True, False, True, False),
     "diff_judge": (True, False, True, False),
     "rollback_judge": (False, True, True, False),
+    "add_guideline": (False, False, False, False),
+    "review_guideline": (False, True, False, False),
 }
 
 

@@ -54,6 +54,8 @@ TOOL_SCOPES: dict[str, Scope] = {
     "update_judge": "admin",
     "delete_judge": "admin",
     "rollback_judge": "admin",
+    "add_guideline": "admin",
+    "review_guideline": "admin",
 }
 SAID = {"inputs": "Where is my order?", "outputs": "Not my problem."}
 # Arguments that are valid for judge alpha and harmless when the call is allowed; the admin ones touch other names.
@@ -72,6 +74,8 @@ CALLS: dict[str, dict[str, Any]] = {
     "update_judge": {"judge": "alpha", "retrieval_k": 4},
     "delete_judge": {"judge": "made-by-admin"},
     "rollback_judge": {"judge": "alpha", "version": 0},
+    "add_guideline": {"judge": "alpha", "text": "Thank the customer for their patience."},
+    "review_guideline": {"judge": "alpha", "guideline_id": "g-not-there", "action": "approve"},
 }
 # Every call about judge beta that a token bound to alpha must be refused exactly as if beta did not exist.
 ABOUT_A_JUDGE = [tool for tool, arguments in CALLS.items() if "judge" in arguments]
@@ -209,6 +213,24 @@ async def test_the_token_name_is_recorded_as_who(served: Served, judges: None) -
             history = await client.call_tool("judge_history", {"judge": "beta"})
     assert history.structured_content is not None
     assert {v["who"] for v in history.structured_content["versions"]} == {"operator"}
+
+
+async def test_a_hand_written_guideline_names_the_token_as_its_operator(served: Served, judges: None) -> None:
+    with anyio.fail_after(CALL_DEADLINE_S):
+        async with connect(served.url, OPERATOR.secret) as client:
+            added = await client.call_tool("add_guideline", {"judge": "beta", "text": "Offer a next step."})
+            listed = await client.call_tool("list_guidelines", {"judge": "beta"})
+    assert added.structured_content is not None, text_of(added)
+    assert added.structured_content["provenance"] == "operator:operator"
+    assert listed.structured_content is not None
+    (mine,) = [
+        g for g in listed.structured_content["guidelines"] if g["id"] == added.structured_content["id"]
+    ]
+    assert (mine["provenance"], mine["status"], mine["source_feedback_ids"]) == (
+        "operator:operator",
+        "active",
+        [],
+    )
 
 
 async def test_a_token_bound_to_one_judge_cannot_learn_that_another_exists(

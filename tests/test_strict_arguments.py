@@ -6,6 +6,7 @@ quietly became 5 or true. Each refusal must name the field in one line and leave
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -209,3 +210,15 @@ async def test_judged_text_may_be_a_string_or_an_object(client: Client) -> None:
     await ok(
         client, "score_response", {"judge": "shapes", "inputs": "Where?", "outputs": {"answer": "Here."}}
     )
+
+
+async def test_a_list_sent_as_a_json_string_is_still_read_as_a_list(client: Client) -> None:
+    # Some clients (Claude Desktop among them) send list arguments as JSON text; the SDK's parsing stays for
+    # arguments that cannot be strings, while judged text that may be a string is kept as sent.
+    await ok(client, "create_judge", {"name": "as-text", "instructions": INSTRUCTIONS})
+    added = await ok(client, "add_feedback", {"judge": "as-text", "feedback": json.dumps([FEEDBACK])})
+    assert len(added["feedback_ids"]) == 1
+    removed = await ok(
+        client, "remove_feedback", {"judge": "as-text", "feedback_ids": json.dumps(added["feedback_ids"])}
+    )
+    assert removed["removed_ids"] == added["feedback_ids"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -17,7 +17,8 @@ from memalign_mcp.tool_schemas import compact_schema
 pytestmark = pytest.mark.anyio
 # tools/list is read into the context of every conversation; BENCHMARKS.md has the figures and the command.
 # The contract's nine tools fit 16 KiB; the five history and update tools of 0.2 add about 8 KB of mostly
-# output-schema structure, so all fourteen are held to 24 KiB (a scoped token lists fewer).
+# output-schema structure, so all fourteen, and since the two review tools all sixteen, are held to 24 KiB (a
+# scoped token lists fewer).
 CONTRACT_TOOLS = {
     "create_judge",
     "list_judges",
@@ -96,3 +97,34 @@ def test_input_schemas_keep_field_descriptions_and_meaningful_defaults() -> None
         "type": "integer",
     }
     assert schema["properties"]["judge"] == {"description": "Judge name.", "type": ["string", "null"]}
+
+
+class _Reviewed(BaseModel):
+    """A result with a string enum and a nullable list, the two shapes folded further."""
+
+    status: Literal["active", "proposed"]
+    tags: list[str] | None = None
+
+
+def test_an_enum_and_a_nullable_list_fold_and_still_accept_and_refuse_the_same() -> None:
+    full = _Reviewed.model_json_schema()
+    compact = compact_schema(full, output=True)
+    assert compact["properties"] == {
+        "status": {"enum": ["active", "proposed"]},
+        "tags": {"items": {"type": "string"}, "type": ["array", "null"]},
+    }
+    for instance in (
+        {"status": "active"},
+        {"status": "proposed", "tags": ["a"]},
+        {"status": "active", "tags": None},
+    ):
+        assert Draft202012Validator(compact).is_valid(instance)
+        assert Draft202012Validator(full).is_valid(instance)
+    for instance in (
+        {"status": "gone"},
+        {"status": 1},
+        {"status": "active", "tags": [1]},
+        {"status": "active", "tags": "a"},
+    ):
+        assert not Draft202012Validator(compact).is_valid(instance)
+        assert not Draft202012Validator(full).is_valid(instance)

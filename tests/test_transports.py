@@ -41,6 +41,8 @@ CONTRACT_TOOLS = {
     "judge_history",
     "diff_judge",
     "rollback_judge",
+    "add_guideline",
+    "review_guideline",
 }
 FEEDBACK = [
     {

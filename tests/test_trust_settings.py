@@ -138,3 +138,28 @@ async def test_stdio_scopes_restrict_a_local_caller(tmp_path: Path) -> None:
     assert refused.is_error
     text = "".join(b.text for b in refused.content if isinstance(b, TextContent))
     assert "remove_feedback needs scope 'forget', which this connection does not hold" in text
+
+
+def test_an_authorization_server_needs_both_urls_and_no_tokens_file(tmp_path: Path) -> None:
+    introspect = "https://login.example/introspect"
+    with pytest.raises(SettingsError, match=r"server\.oauth_introspection_url"):
+        http_auth(ServerSettings(oauth_issuer_url="https://login.example"))
+    with pytest.raises(SettingsError, match=r"server\.oauth_issuer_url"):
+        http_auth(ServerSettings(oauth_introspection_url=introspect))
+    with pytest.raises(SettingsError, match=r"server\.tokens_file.*empty when an authorization server"):
+        http_auth(
+            ServerSettings(
+                oauth_issuer_url="https://login.example",
+                oauth_introspection_url=introspect,
+                tokens_file=str(tmp_path / "tokens.toml"),
+            )
+        )
+    with pytest.raises(SettingsError, match=r"server\.oauth_issuer_url.*http\(s\) URL"):
+        http_auth(ServerSettings(oauth_issuer_url="login.example", oauth_introspection_url=introspect))
+    remote = http_auth(
+        ServerSettings(
+            host="0.0.0.0", oauth_issuer_url="https://login.example", oauth_introspection_url=introspect
+        )
+    )
+    assert remote is not None  # a public address is fine: every request needs a token the issuer vouches for
+    assert str(remote.settings.issuer_url).rstrip("/") == "https://login.example"

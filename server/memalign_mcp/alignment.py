@@ -9,9 +9,6 @@ the items stay pending and `distill_pending` (or the next add) completes them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,32 +17,22 @@ from memalign_mcp.distill import DistillOutcome, WorkingGuideline
 from memalign_mcp.embeddings import text_for_embedding
 from memalign_mcp.errors import InvalidInputError
 from memalign_mcp.evaluation import EvaluationReport, Progress, evaluate
+from memalign_mcp.feedback_checks import content_hash, validated_feedback
 from memalign_mcp.forgetting import Forgetting, feedback_view, plan_forgetting
-from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import guideline_of
 from memalign_mcp.models import (
+    NO_SURROGATES,
     AddFeedbackResult,
     FeedbackInput,
     Guideline,
     JudgeSpec,
     LabelledExample,
     RemoveFeedbackResult,
+    has_lone_surrogate,
 )
 from memalign_mcp.records import MemoryRow, Summary, Vector
+from memalign_mcp.review import ReviewService, with_review_status, with_statuses
 from memalign_mcp.transaction import Change, ConflictError, MemoryState
-
-# \Z, not $: "$" also matches before a trailing newline, which would let "abc\n" through.
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}\Z")
-
-
-def content_hash(item: FeedbackInput) -> str:
-    """A hash of what a feedback item says (not who said it), to tell a re-send from a correction."""
-    canonical = json.dumps(
-        [item.inputs, item.outputs, item.expectations, item.value, item.rationale],
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _body(item: FeedbackInput) -> dict[str, Any]:
@@ -59,8 +46,8 @@ def _body(item: FeedbackInput) -> dict[str, Any]:
     }
 
 
-class MemAlignService(HistoryService):
-    """The full engine: judges, scoring and history, plus add_feedback, remove_feedback and evaluate."""
+class MemAlignService(ReviewService):
+    """The full engine: judges, scoring, history and review, plus add_feedback, remove_feedback and evaluate."""
 
     def evaluate(
         self,
@@ -72,52 +59,6 @@ class MemAlignService(HistoryService):
     ) -> EvaluationReport:
         """Agreement with human verdicts on a labelled set, or leave-one-out over the judge's own feedback."""
         return evaluate(self, name, dataset, compare_baseline=compare_baseline, progress=progress)
-
-    # --- validation ---------------------------------------------------------------------------------------
-
-    def _validated(self, spec: JudgeSpec, items: Sequence[Any]) -> list[FeedbackInput]:
-        limit = self.settings.memory.max_items_per_call
-        if isinstance(items, (str, bytes)) or not items:
-            raise InvalidInputError("feedback", items, "a non-empty list of feedback items")
-        if len(items) > limit:
-            raise InvalidInputError("feedback", f"{len(items)} items", f"at most {limit} items per call")
-        out: list[FeedbackInput] = []
-        seen: dict[str, tuple[int, str, str | None]] = {}
-        for i, raw in enumerate(items):
-            item = raw if isinstance(raw, FeedbackInput) else FeedbackInput.model_validate(raw)
-            where = f"feedback[{i}]"
-            self.check_text(f"{where}.inputs", item.inputs)
-            self.check_text(f"{where}.outputs", item.outputs)
-            self.check_text(f"{where}.expectations", item.expectations, required=False)
-            self.check_text(f"{where}.rationale", item.rationale)
-            value = spec.check_value(item.value, f"{where}.value")
-            if item.source is not None and (not item.source.strip() or len(item.source) > 200):
-                raise InvalidInputError(
-                    f"{where}.source", item.source, "a non-empty name of at most 200 characters"
-                )
-            if item.id is not None and not _ID_PATTERN.match(item.id):
-                raise InvalidInputError(
-                    f"{where}.id", item.id, "1-128 characters: letters, digits and _ . : @ / - (not first)"
-                )
-            item = item.model_copy(update={"value": value})
-            given_id = item.id is not None
-            if item.id is None:
-                item = item.model_copy(update={"id": "fb-" + content_hash(item)[:16]})
-            assert item.id is not None
-            digest = content_hash(item)
-            if item.id in seen:
-                first, first_digest, first_source = seen[item.id]
-                if first_digest == digest and first_source == item.source:
-                    continue  # the same item twice in one call: taken once
-                what = f"the id {item.id!r}" if given_id else "the same content (and so the same made-up id)"
-                raise InvalidInputError(
-                    f"{where}",
-                    f"an item with {what} as feedback[{first}]",
-                    f"each id once per call; feedback[{first}] and {where} differ, so send only the right one",
-                )
-            seen[item.id] = (i, digest, item.source)
-            out.append(item)
-        return out
 
     # --- add ----------------------------------------------------------------------------------------------
 
@@ -131,7 +72,9 @@ class MemAlignService(HistoryService):
     ) -> AddFeedbackResult:
         """Store human feedback (episodic memory) and distil guidelines from it (semantic memory)."""
         spec, _ = self.spec_and_version(name)
-        checked = self._validated(spec, items)
+        checked = validated_feedback(
+            spec, items, max_items=self.settings.memory.max_items_per_call, check_text=self.check_text
+        )
         ids = [i.id for i in checked if i.id is not None]
         hashes = {i.id: content_hash(i) for i in checked}
         sources = sorted({i.source for i in checked if i.source})
@@ -249,7 +192,8 @@ class MemAlignService(HistoryService):
                 )
                 return None
             whole = self.ledger.whole_rows(state, [r.item_id for r in pending])
-            before = state.guideline_rows()
+            # An operator's own guidelines are never merged into or consolidated (they cite no feedback).
+            before = [r for r in state.guideline_rows() if not r.by_operator]
             working = [WorkingGuideline(r.item_id, r.text, set(r.sources), r.vector) for r in before]
             spec = JudgeSpec.model_validate_json(state.spec_json)
             outcome = reflector.distill(
@@ -258,7 +202,7 @@ class MemAlignService(HistoryService):
             result.note = _failure_note(outcome)
             if not outcome.distilled_ids:
                 return None
-            return self._distilled_change(name, outcome, before, result)
+            return self._distilled_change(state, outcome, before, result)
 
         try:
             commit, _ = self.ledger.change(name, prepare, who=who)
@@ -279,7 +223,7 @@ class MemAlignService(HistoryService):
 
     @staticmethod
     def _distilled_change(
-        name: str, outcome: DistillOutcome, before: Sequence[MemoryRow], result: _Distilled
+        state: MemoryState, outcome: DistillOutcome, before: Sequence[MemoryRow], result: _Distilled
     ) -> Change:
         stored = {r.item_id for r in before}
         keep = {g.id for g in outcome.guidelines}
@@ -293,7 +237,7 @@ class MemAlignService(HistoryService):
         result.dropped = dropped
         rows = [
             MemoryRow(
-                judge=name,
+                judge=state.judge,
                 kind="guideline",
                 item_id=g.id,
                 vector=g.vector,
@@ -302,6 +246,8 @@ class MemAlignService(HistoryService):
             )
             for g in changed
         ]
+        rows = with_review_status(rows, state)  # new text of a judge that reviews guidelines is proposed
+        result.added = with_statuses(result.added, rows)
         return Change(
             op="distill",
             rows=rows,
@@ -325,9 +271,20 @@ class MemAlignService(HistoryService):
         """Forget feedback: the items, every guideline built only on them, and re-derive the rest."""
         if isinstance(feedback_ids, str) or not feedback_ids:
             raise InvalidInputError("feedback_ids", feedback_ids, "a non-empty list of feedback ids")
+        cap = self.settings.limits.max_ids_per_call
+        if len(feedback_ids) > cap:
+            raise InvalidInputError(
+                "feedback_ids",
+                f"{len(feedback_ids)} ids",
+                f"at most {cap} ids per call (limits.max_ids_per_call); remove them in several calls",
+            )
         for i, fid in enumerate(feedback_ids):
-            if not isinstance(fid, str) or not fid:  # pyright: ignore[reportUnnecessaryIsInstance]
-                raise InvalidInputError(f"feedback_ids[{i}]", fid, "a feedback id (see list_feedback)")
+            if not isinstance(fid, str) or not fid or len(fid) > 128:  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise InvalidInputError(
+                    f"feedback_ids[{i}]", fid, "a feedback id of 1-128 characters (see list_feedback)"
+                )
+            if has_lone_surrogate(fid):  # never stored, and a purge's tombstone would record it
+                raise InvalidInputError(f"feedback_ids[{i}]", fid, NO_SURROGATES)
         if not isinstance(purge, bool):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InvalidInputError("purge", purge, "true or false")
         wanted = list(dict.fromkeys(feedback_ids))
@@ -363,6 +320,9 @@ class MemAlignService(HistoryService):
         forgetting = forgotten.get("f", Forgetting()) if commit is not None else Forgetting()
         if purge:
             self.purge_feedback(name, wanted, who=who, recorded=commit is not None)
+            self.forget_cached_text(name)
+        # Returns only once every replica's next read checks for this commit: none scores with removed items.
+        self.ledger.freshness.settle()
         return RemoveFeedbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,

@@ -58,6 +58,7 @@ from memalign_mcp.models import (
     RollbackResult,
     ScoreResult,
 )
+from memalign_mcp.review_tools import add_review_tools
 from memalign_mcp.scopes import Grant, Scope, ScopeDeniedError
 from memalign_mcp.settings import Settings
 
@@ -83,7 +84,7 @@ def _field(model: type[JudgeSpec], name: str) -> str:
 
 
 # Argument types: module-level because the SDK resolves string annotations against this module's globals.
-JudgeName = Annotated[str, Field(description="Judge name (see list_judges).")]
+JudgeName = Annotated[str, Field(description="See list_judges.")]
 InputsArg = Annotated[
     JudgedText,
     Field(description="The request the response answers: a string or JSON object."),
@@ -160,10 +161,12 @@ def build_server(
         token_verifier=auth.verifier if auth else None,
         auth=auth.settings if auth else None,
         local_grant=Grant.local(settings.server.stdio_scopes),
+        limits=settings.limits,
     )
     _add_judge_tools(server)
     _add_memory_tools(server)
     _add_history_tools(server)
+    add_review_tools(server, _tool)
     _add_evaluation_tool(server)
     _add_resource_and_prompts(server)
     return server
@@ -178,18 +181,17 @@ def _add_judge_tools(server: JudgeServer) -> None:
         ctx: Ctx,
         feedback_type: Annotated[
             Literal["bool", "int", "float", "categorical", "text"],
-            Field(description="Verdict type: bool (pass/fail), int or float (a score), categorical or text."),
+            Field(description="The type of verdict."),
         ] = "bool",
         choices: Annotated[list[str] | None, Field(description=_field(JudgeSpec, "choices"))] = None,
         min_value: Annotated[float | None, Field(description=_field(JudgeSpec, "min_value"))] = None,
         max_value: Annotated[float | None, Field(description=_field(JudgeSpec, "max_value"))] = None,
         model: Annotated[str | None, Field(description=_field(JudgeSpec, "model"))] = None,
         retrieval_k: Annotated[int | None, Field(description=_field(JudgeSpec, "retrieval_k"))] = None,
+        review_guidelines: Annotated[bool, Field(description=_field(JudgeSpec, "review_guidelines"))] = False,
     ) -> Judge:
         """Create a judge that scores responses against your instructions and learns from human
-        feedback. `instructions` is a template over {{ inputs }}, {{ outputs }} and optionally {{ expectations }}.
-        `feedback_type`: bool (default), int or float in [min_value, max_value], categorical (one of `choices`) or
-        text. The same spec again changes nothing; another spec under a taken name is refused. Next:
+        feedback. The same spec again changes nothing; another spec under a taken name is refused. Next:
         score_response, add_feedback."""
         spec = JudgeSpec(
             name=name,
@@ -200,14 +202,15 @@ def _add_judge_tools(server: JudgeServer) -> None:
             max_value=max_value,
             model=model,
             retrieval_k=retrieval_k,
+            review_guidelines=review_guidelines,
         )
         who = _who()
         return await _run(ctx, lambda engine: engine.create_judge(spec, who=who))
 
     @_tool(server, title="List judges", annotations=READ_ONLY, scope="score")
     async def list_judges(ctx: Ctx) -> JudgeList:
-        """List every judge: spec, `effective_model` ('memory': no model), memory version (up by one per
-        change) and counts of feedback, guidelines and pending items. Call first to find a judge's name."""
+        """List every judge: spec, `effective_model` ('memory': no model), memory version and counts.
+        Call first to find a judge's name."""
         listed = await _run(ctx, lambda engine: engine.list_judges())
         grant = server.grant()
         return JudgeList(judges=[j for j in listed.judges if grant.may_see(j.name)])
@@ -222,17 +225,16 @@ def _add_judge_tools(server: JudgeServer) -> None:
         expectations: ExpectationsArg = None,
         version: int | None = None,
     ) -> ScoreResult:
-        """Judge one response using the judge's instructions, guidelines and nearest past feedback. Read
-        `value` (the verdict) and `rationale`; if it fails, revise and rescore. value null: a memory-only judge
-        could not decide; not a pass. A model failure is an error. `version`: an old memory."""
+        """Judge one response with the judge's instructions, guidelines and nearest past feedback. Read
+        `value` and `rationale`; if it fails, revise and rescore. value null: a memory-only judge could not
+        decide (not a pass). `version`: an old memory."""
         return await _run(
             ctx, lambda engine: engine.score(judge, inputs, outputs, expectations, version=version)
         )
 
     @_tool(server, title="Delete a judge", annotations=DESTRUCTIVE, scope="admin")
     async def delete_judge(judge: JudgeName, ctx: Ctx) -> DeleteJudgeResult:
-        """Delete a judge with all its feedback and guidelines; cannot be undone. To forget some
-        feedback, use remove_feedback."""
+        """Delete a judge and all its memory; cannot be undone. To forget some feedback: remove_feedback."""
         who = _who()
         return await _run(ctx, lambda engine: engine.delete_judge(judge, who=who))
 
@@ -247,10 +249,9 @@ def _add_memory_tools(server: JudgeServer) -> None:
         ],
         ctx: Ctx,
     ) -> AddFeedbackResult:
-        """Teach a judge with human verdicts: `value` must fit its feedback_type; `rationale` says why
-        (guidelines are distilled from it). If any item does not fit, nothing is stored. An id sent again with new
-        content replaces the old item and its influence. `pending_ids`: stored, not yet distilled (see `note`);
-        used as examples already, retried by the next add_feedback."""
+        """Teach a judge with human verdicts; if any item does not fit, nothing is stored. An id sent again
+        with new content replaces the old item and its influence. `pending_ids`: stored, not yet distilled (see
+        `note`)."""
         progress, who = _progress(ctx), _who()
         return await _run(ctx, lambda engine: engine.add_feedback(judge, feedback, progress, who=who))
 
@@ -264,16 +265,16 @@ def _add_memory_tools(server: JudgeServer) -> None:
             Field(description="Also erase the text from the store's files."),
         ] = False,
     ) -> RemoveFeedbackResult:
-        """Forget feedback exactly: delete the items and every guideline distilled only from them,
-        and re-derive guidelines that also cite other feedback. `not_found_ids` were not there. purge=true also
-        erases the text from the store's files (slower): use it for personal data."""
+        """Forget feedback exactly: the items, every guideline distilled only from them, and re-derive
+        guidelines that also cite other feedback. purge=true also erases the text from the store's files
+        (slower): use it for personal data."""
         who = _who()
         return await _run(ctx, lambda engine: engine.remove_feedback(judge, feedback_ids, purge, who=who))
 
     @_tool(server, title="List a judge's guidelines", annotations=READ_ONLY, scope="score")
     async def list_guidelines(judge: JudgeName, ctx: Ctx) -> GuidelineList:
-        """A judge's distilled guidelines, each with the feedback ids it came from (none: written by
-        hand); check it before remove_feedback. The full prompt is the resource judge://{name}."""
+        """A judge's guidelines with their source feedback ids (none: by hand) and status ('proposed': unused
+        until approved). The full prompt is judge://{name}."""
         return await _run(ctx, lambda engine: engine.list_guidelines(judge))
 
     @_tool(server, title="List a judge's feedback", annotations=READ_ONLY, scope="read")
@@ -283,8 +284,7 @@ def _add_memory_tools(server: JudgeServer) -> None:
         limit: Annotated[int, Field(description="Items per page, 1 to 500.")] = 50,
         offset: Annotated[int, Field(description="Items to skip.")] = 0,
     ) -> FeedbackPage:
-        """A page of a judge's human feedback, oldest first; ids for remove_feedback. If offset + limit
-        < total, call again with offset + limit."""
+        """A page of a judge's human feedback, oldest first, with ids for remove_feedback."""
         return await _run(ctx, lambda engine: engine.list_feedback(judge, limit, offset))
 
 
@@ -300,9 +300,10 @@ def _add_history_tools(server: JudgeServer) -> None:
         choices: list[str] | None = None,
         min_value: float | None = None,
         max_value: float | None = None,
+        review_guidelines: bool | None = None,
     ) -> Judge:
-        """Change fields of a judge (as in create_judge), keeping its memory; the version goes up by one. Give
-        only what changes. Refused, naming the item, if stored feedback would not fit."""
+        """Change fields of a judge (as in create_judge), keeping its memory. Give only what changes.
+        Refused, naming the item, if stored feedback would not fit."""
         given = {
             "instructions": instructions,
             "model": model,
@@ -310,6 +311,7 @@ def _add_history_tools(server: JudgeServer) -> None:
             "choices": choices,
             "min_value": min_value,
             "max_value": max_value,
+            "review_guidelines": review_guidelines,
         }
         changes = {k: v for k, v in given.items() if v is not None}
         who = _who()
@@ -317,8 +319,7 @@ def _add_history_tools(server: JudgeServer) -> None:
 
     @_tool(server, title="Distil pending feedback", annotations=ADDITIVE, scope="teach")
     async def distill_pending(judge: JudgeName, ctx: Ctx) -> AddFeedbackResult:
-        """Distil guidelines now from a judge's pending feedback (see pending_ids). Returns what add_feedback
-        returns."""
+        """Distil a judge's pending feedback now; returns what add_feedback returns."""
         progress, who = _progress(ctx), _who()
         return await _run(ctx, lambda engine: engine.distill_pending(judge, progress, who=who))
 
@@ -329,8 +330,7 @@ def _add_history_tools(server: JudgeServer) -> None:
         limit: Annotated[int, Field(description="1 to 500.")] = 50,
         offset: int = 0,
     ) -> JudgeHistory:
-        """A judge's memory versions, newest first: when, who, what kind of change, and ids (never content) of
-        what it added, removed or revised. For diff_judge, rollback_judge, score_response(version=)."""
+        """A judge's memory versions, newest first: when, who, and what changed (ids, never content)."""
         return await _run(ctx, lambda engine: engine.judge_history(judge, limit, offset))
 
     @_tool(server, title="Compare two memory versions", annotations=READ_ONLY, scope="read")
@@ -349,8 +349,8 @@ def _add_history_tools(server: JudgeServer) -> None:
         version: int,
         ctx: Ctx,
     ) -> RollbackResult:
-        """Make a new version whose memory equals an older version's (spec unchanged; history kept, so this
-        too can be undone). Refused, naming the items, if that version held content purged since."""
+        """A new version whose memory equals an older one's (spec unchanged). Refused, naming the items,
+        where that version held content purged since."""
         who = _who()
         return await _run(ctx, lambda engine: engine.rollback_judge(judge, version, who=who))
 
@@ -370,8 +370,7 @@ def _add_evaluation_tool(server: JudgeServer) -> None:
         ] = False,
     ) -> EvaluationReport:
         """Measure a judge's agreement with human verdicts on `dataset`, or without it leave-one-out
-        over its own feedback. One model call per item (two with compare_baseline); stores nothing. If agreement
-        is low, fix memory with add_feedback or remove_feedback."""
+        over its own feedback. One model call per item (two with compare_baseline); stores nothing."""
         progress = _progress(ctx)
         return await _run(
             ctx,

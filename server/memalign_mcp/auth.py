@@ -23,12 +23,12 @@ from mcp.server.auth.settings import AuthSettings
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from memalign_mcp.errors import SettingsError
+from memalign_mcp.oauth import JUDGES_CLAIM, IntrospectionVerifier
 from memalign_mcp.scopes import ALL_SCOPES, Grant, Scope
 from memalign_mcp.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 LOOPBACK_NAMES = frozenset({"localhost"})
-_JUDGES_CLAIM = "memalign_judges"
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -132,7 +132,7 @@ class TokenTable:
             token=digest,  # the SDK keeps this on the request; the hash is all it needs, never the secret
             client_id=found.name,
             scopes=list(found.scopes),
-            claims={_JUDGES_CLAIM: found.judges},
+            claims={JUDGES_CLAIM: found.judges},
         )
 
 
@@ -141,7 +141,7 @@ def request_grant() -> Grant | None:
     access = get_access_token()
     if access is None:
         return None
-    judges: Any = (access.claims or {}).get(_JUDGES_CLAIM)
+    judges: Any = (access.claims or {}).get(JUDGES_CLAIM)
     allowed = frozenset(str(j) for j in judges) if isinstance(judges, list) else None
     scopes: frozenset[Scope] = frozenset(s for s in ALL_SCOPES if s in access.scopes)
     return Grant(who=access.client_id, scopes=scopes, judges=allowed)
@@ -174,12 +174,50 @@ def _resource_url(server: ServerSettings) -> AnyHttpUrl:
 class HttpAuth:
     """What the SDK's HTTP app needs to require tokens: the verifier and its auth settings."""
 
-    verifier: TokenTable
+    verifier: TokenTable | IntrospectionVerifier
     settings: AuthSettings
+
+
+def _http_url(key: str, value: str) -> AnyHttpUrl:
+    """A setting that must be an http(s) URL, or a SettingsError naming it."""
+    try:
+        return AnyHttpUrl(value)
+    except ValidationError as exc:
+        raise SettingsError(key, value, "an http(s) URL") from exc
+
+
+def _oauth(server: ServerSettings) -> HttpAuth:
+    """Resource-server mode: tokens issued by an authorization server and checked by introspection."""
+    if not server.oauth_issuer_url or not server.oauth_introspection_url:
+        missing = "oauth_introspection_url" if server.oauth_issuer_url else "oauth_issuer_url"
+        raise SettingsError(
+            f"server.{missing}",
+            "",
+            "set together with the other oauth_ URL (issuer and introspection endpoint)",
+        )
+    if server.tokens_file:
+        raise SettingsError(
+            "server.tokens_file", server.tokens_file, "empty when an authorization server issues the tokens"
+        )
+    issuer = _http_url("server.oauth_issuer_url", server.oauth_issuer_url)
+    _http_url("server.oauth_introspection_url", server.oauth_introspection_url)
+    resource = _resource_url(server)
+    verifier = IntrospectionVerifier(
+        server.oauth_introspection_url,
+        str(resource),
+        client_id=server.oauth_client_id,
+        client_secret=server.oauth_client_secret,
+        scope_prefix=server.oauth_scope_prefix,
+    )
+    # The 401's metadata sends clients to the issuer; the verifier hands the SDK only tokens whose audience is us.
+    settings = AuthSettings(issuer_url=issuer, resource_server_url=resource, validate_token_resource=True)
+    return HttpAuth(verifier, settings)
 
 
 def http_auth(server: ServerSettings) -> HttpAuth | None:
     """Token auth for `serve --transport http`, or None to serve without it where that is allowed."""
+    if server.oauth_issuer_url or server.oauth_introspection_url:
+        return _oauth(server)
     if not server.tokens_file:
         if not server.insecure_no_auth and not is_loopback(server.host):
             raise SettingsError(

@@ -37,7 +37,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, log_level: str = "IN
         ),
     )
     parser.add_argument(
-        "--data-dir", metavar="DIR", default=None, help="directory of the LanceDB store (MEMALIGN_DATA_DIR)"
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="directory of the LanceDB store, or s3://bucket/prefix (MEMALIGN_DATA_DIR)",
     )
     parser.add_argument(
         "--log-level",
@@ -64,8 +67,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log.warning("no tokens file: every HTTP caller gets scopes %s", ", ".join(srv.stdio_scopes))
         else:
             log.info("bearer tokens required; callers: %s", ", ".join(auth.verifier.names))
-        # Stateless with JSON replies: any replica can answer any request, and plain HTTP clients can read them.
-        server.run("streamable-http", host=srv.host, port=srv.port, stateless_http=True, json_response=True)
+        from memalign_mcp.http_serving import serve_http
+
+        serve_http(server, srv, max_body_bytes=settings.limits.max_request_bytes)
     return EXIT_OK
 
 
@@ -102,12 +106,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     from memalign_mcp.demo import DemoOptions
     from memalign_mcp.demo import main as demo_main
-    from memalign_mcp.settings import chosen_config_file
+    from memalign_mcp.settings import chosen_config_file, is_remote
 
     chosen = chosen_config_file(args.config, os.environ)
+    data_dir: Path | str | None = args.data_dir
+    if args.data_dir and not is_remote(args.data_dir):
+        data_dir = Path(args.data_dir).expanduser()
     options = DemoOptions(
         config=chosen[1] if chosen else None,
-        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        data_dir=data_dir,
         log_level=args.log_level,
     )
     return demo_main(settings, options)

@@ -36,7 +36,7 @@ class DemoOptions:
     """What the demo's command line chose: the server's config file, store and log level."""
 
     config: Path | None = None
-    data_dir: Path | None = None
+    data_dir: Path | str | None = None  # a directory, or an object-store URI such as s3://bucket/prefix
     log_level: str = "WARNING"
 
 
@@ -124,7 +124,20 @@ def _distillation(settings: Settings, added: dict[str, Any]) -> str:
     return f"ran with {settings.model.reflection_model}: {len(added['guidelines_added'])} guideline(s) added"
 
 
-def _server(options: DemoOptions, data_dir: Path) -> Any:
+_PASSED_ON = (
+    "MEMALIGN_",
+    "OPENAI_",
+    "ANTHROPIC_",
+    "LITELLM_",
+    "XDG_",
+    "AWS_",
+    "GOOGLE_",
+    "AZURE_",
+    "LANCEDB_",
+)
+
+
+def _server(options: DemoOptions, data_dir: Path | str) -> Any:
     """How to start `memalign-mcp serve` with the demo's config file, store and log level."""
     from mcp.client.stdio import StdioServerParameters
 
@@ -137,13 +150,14 @@ def _server(options: DemoOptions, data_dir: Path) -> Any:
         env={
             k: v
             for k, v in os.environ.items()
-            # PYTHONPATH: the server must import the same memalign_mcp as this process (a source checkout).
-            if k.startswith(("MEMALIGN_", "OPENAI_", "ANTHROPIC_", "LITELLM_", "XDG_")) or k == "PYTHONPATH"
+            # PYTHONPATH: the server must import the same memalign_mcp as this process (a source checkout);
+            # AWS_, GOOGLE_, AZURE_, LANCEDB_: how LanceDB reaches a store in object storage (--data-dir s3://).
+            if k.startswith(_PASSED_ON) or k == "PYTHONPATH"
         },
     )
 
 
-async def run_demo(settings: Settings, options: DemoOptions, data_dir: Path) -> None:
+async def run_demo(settings: Settings, options: DemoOptions, data_dir: Path | str) -> None:
     """Run the whole workflow against `memalign-mcp serve` in a subprocess."""
     from mcp import Client
 

@@ -2,9 +2,10 @@
 
 Works on an in-memory working set of guidelines and returns what changed; the caller stores it. Every model
 reply is checked: item and guideline numbers must point at what the prompt showed, and a new guideline must be
-worth keeping (not empty, not too long, not an echo of the prompt's markers, not a copy of the judge's
-instructions). A reply that does not fit is retried once by the model client, told why, then raises ModelError. Nothing here stores, and nothing here decides what is pending: it reports
-which items were distilled and which were not.
+worth keeping (not empty, not too long, not an echo of the prompt's markers, not an order to the judge
+(guideline_gate.py), not a copy of the judge's instructions). A reply that does not fit is retried once by the
+model client, told why, then raises ModelError. Nothing here stores, and nothing here decides what is pending:
+it reports which items were distilled and which were not.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 
 from memalign_mcp.embeddings import Embedder
 from memalign_mcp.errors import ModelError, show_value
+from memalign_mcp.fence import prompt_markup_in
+from memalign_mcp.guideline_gate import instruction_to_judge
 from memalign_mcp.llm import Completion, ModelClient
 from memalign_mcp.models import JudgeSpec
 from memalign_mcp.prompts import (
@@ -34,7 +37,6 @@ from memalign_mcp.prompts import (
     consolidate_schema,
     distill_messages,
     distill_schema,
-    prompt_markup_in,
     rederive_messages,
     rederive_schema,
 )
@@ -77,7 +79,7 @@ def _normalized(text: str) -> str:
 
 
 def guideline_problem(text: str, instructions: str = "") -> str | None:
-    """Why a proposed guideline text cannot be kept (empty, too long, echoed markup, copied task), or None."""
+    """Why a guideline text cannot be kept (empty, too long, markup, an order to the judge, a copy), or None."""
     stripped = text.strip()
     if not stripped:
         return "its text is empty; a new guideline states its rule in words"
@@ -88,6 +90,12 @@ def guideline_problem(text: str, instructions: str = "") -> str | None:
         return f"its text echoes the prompt's markup {markup!r}; write the rule in plain words"
     if len(stripped.split()) < _MIN_GUIDELINE_WORDS:
         return f"its text {show_value(stripped)} is not a sentence stating a rule"
+    order = instruction_to_judge(stripped)
+    if order is not None:
+        return (
+            f"its text is an instruction to the judge ({order}), not a rule for judging; state what makes "
+            "a response good or bad"
+        )
     rule, task = _normalized(stripped), _normalized(instructions)
     # A guideline that restates the judge's own instructions teaches nothing the judge was not already told.
     if task and rule and (rule in task or task in rule):

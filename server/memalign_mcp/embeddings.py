@@ -317,6 +317,10 @@ class HashingEmbedder:
         """The length of every vector."""
         return self._dim
 
+    def forget_cached_text(self) -> None:
+        """Drop the feature cache (words and word pairs of every text embedded), after a purge erased some."""
+        _hashed.cache_clear()
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         """One unit-length float32 row per text from its lowercase word unigrams and bigrams."""
         items = _check_texts(texts)

@@ -62,14 +62,15 @@ def open_engine(
     """Open the store and return the engine, with the configured judge files created if absent."""
     embedder = embedder or make_embedder(settings)
     uri = settings.store.resolved_uri()
-    if "://" not in uri:
-        Path(uri).mkdir(parents=True, exist_ok=True)
+    if not settings.store.is_remote():
+        Path(uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     store = MemoryStore(
         uri,
         embedding_name=embedder.name,
         embedding_dim=lambda: embedder.dim,
         vector_index_min_rows=settings.memory.vector_index_min_rows,
         index_cache_mb=settings.store.index_cache_mb,
+        storage_options=settings.store.lance_storage_options(),
     )
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     migrate_0_1(store, service.ledger)

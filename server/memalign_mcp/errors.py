@@ -9,11 +9,13 @@ knows about MCP.
     ├── UnknownJudgeError      no judge of that name
     ├── JudgeExistsError       create_judge with a name taken by a different spec
     ├── FeedbackNotFoundError  a feedback id that must exist does not
+    ├── GuidelineNotFoundError a guideline id that must exist does not (review_guideline)
     ├── PurgedContentError     an old version asked for held content that was purged since
     ├── ConflictError          a change kept colliding with other writers (transaction.py); nothing stored
     ├── JudgeGoneError         the judge was deleted while a change to it was prepared (transaction.py)
     ├── ModelError             the model failed or answered out of schema after retries
     ├── EmbeddingMismatchError the store was built with another embedding model
+    ├── StoreUnavailableError  the store (a bucket) could not be opened or read; nothing was done
     └── SettingsError          a bad setting at start (names the key, the value, what was expected)
 """
 
@@ -54,7 +56,7 @@ class UnknownJudgeError(MemAlignError, LookupError):
         self.known = known
         listed = ", ".join(known) if known else "(none yet)"
         super().__init__(
-            f"Unknown judge {name!r}. Known judges: {listed}. "
+            f"Unknown judge {show_value(name)}. Known judges: {listed}. "
             "Call list_judges to see them, or create_judge to make one."
         )
 
@@ -72,6 +74,17 @@ class JudgeExistsError(MemAlignError):
 
 class FeedbackNotFoundError(MemAlignError, LookupError):
     """A feedback id that must exist does not."""
+
+
+class GuidelineNotFoundError(MemAlignError, LookupError):
+    """A guideline id that must exist does not."""
+
+    def __init__(self, judge: str, guideline_id: str) -> None:
+        self.guideline_id = guideline_id
+        super().__init__(
+            f"Unknown guideline {show_value(guideline_id)} of judge {judge!r}: it is not in the judge's memory "
+            "(never there, rejected, or dropped by a later change). Call list_guidelines to see its guideline ids."
+        )
 
 
 class PurgedContentError(MemAlignError, LookupError):
@@ -92,6 +105,10 @@ class ModelError(MemAlignError):
 
 class EmbeddingMismatchError(MemAlignError):
     """The store's vectors were made by a different embedding model than the one configured."""
+
+
+class StoreUnavailableError(MemAlignError):
+    """The store could not be opened or read (object storage unreachable, no such bucket, refused credentials)."""
 
 
 class SettingsError(MemAlignError):

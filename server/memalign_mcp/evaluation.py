@@ -99,6 +99,10 @@ def evaluate(
         )
     for i, example in enumerate(examples):
         spec.check_value(example.value, f"dataset[{i}].value")
+        if mode == "dataset":  # checked up front, so a bad item is named before any model call is paid for
+            service.check_text(f"dataset[{i}].inputs", example.inputs)
+            service.check_text(f"dataset[{i}].outputs", example.outputs)
+            service.check_text(f"dataset[{i}].expectations", example.expectations, required=False)
     model = service.model_for(spec)
     total = len(examples) * (2 if compare_baseline else 1)
     done = 0

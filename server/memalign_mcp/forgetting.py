@@ -17,6 +17,7 @@ from memalign_mcp.memory_state import MemoryState
 from memalign_mcp.models import Guideline, JudgeSpec
 from memalign_mcp.prompts import FeedbackView
 from memalign_mcp.records import MemoryRow
+from memalign_mcp.review import with_review_status, with_statuses
 
 
 def feedback_view(row: MemoryRow) -> FeedbackView:
@@ -54,10 +55,11 @@ def plan_forgetting(
     tainted = [g for g in state.guideline_rows() if gone & set(g.sources)]
     out.tainted = [g.item_id for g in tainted]
     out.tainted_sources = {s for g in tainted for s in g.sources}
+    # Proposed guidelines count as much as active ones; an operator's own (no sources) is never rewritten.
     untouched = [
         WorkingGuideline(g.item_id, g.text, set(g.sources), g.vector)
         for g in state.guideline_rows()
-        if not gone & set(g.sources)
+        if not gone & set(g.sources) and not g.by_operator
     ]
     groups: dict[tuple[str, ...], list[MemoryRow]] = {}
     for g in tainted:
@@ -104,6 +106,9 @@ def plan_forgetting(
                     sources=tuple(sorted(g.sources)),
                 )
             )
+    # Re-derived text of a judge that reviews guidelines waits for approval (review.py has the rule).
+    rederived = {g.id for g in (*out.revised, *out.added)}
+    out.rows = with_review_status(out.rows, state, rewritten=rederived)
     out.dropped = [guideline_of(g) for g in tainted if g.item_id not in reused]
     out.drop_ids = [g.id for g in out.dropped]
     revised_ids = {g.id for g in out.revised}
@@ -112,4 +117,5 @@ def plan_forgetting(
         for g in untouched
         if g.changed and g.id not in revised_ids and g.id not in {a.id for a in out.added}
     ]
+    out.revised, out.added = with_statuses(out.revised, out.rows), with_statuses(out.added, out.rows)
     return out

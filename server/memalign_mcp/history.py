@@ -12,6 +12,7 @@ from typing import Any
 
 from memalign_mcp.errors import InvalidInputError, PurgedContentError
 from memalign_mcp.judge import JudgeService, guideline_of
+from memalign_mcp.limits import check_spec_limits
 from memalign_mcp.models import (
     Judge,
     JudgeDiff,
@@ -27,7 +28,7 @@ from memalign_mcp.transaction import Change, MemoryState
 # Spec fields update_judge may change; name and feedback_type stay (stored verdicts are of that type).
 # A transaction without a commit this old was abandoned (its writer died): no write takes this long.
 ORPHAN_AGE_S = 600.0
-UPDATABLE = ("instructions", "model", "retrieval_k", "choices", "min_value", "max_value")
+UPDATABLE = ("instructions", "model", "retrieval_k", "choices", "min_value", "max_value", "review_guidelines")
 
 
 def _diff(name: str, old: MemoryState, new: MemoryState) -> JudgeDiff:
@@ -35,7 +36,7 @@ def _diff(name: str, old: MemoryState, new: MemoryState) -> JudgeDiff:
         return a.txn == b.txn or (a.content_hash == b.content_hash and a.body == b.body)
 
     def same_guideline(a: MemoryRow, b: MemoryRow) -> bool:
-        return a.text == b.text and set(a.sources) == set(b.sources)
+        return a.text == b.text and set(a.sources) == set(b.sources) and a.body == b.body  # body: status
 
     fb_old, fb_new = old.feedback, new.feedback
     gl_old, gl_new = old.guidelines, new.guidelines
@@ -122,6 +123,8 @@ class HistoryService(JudgeService):
 
         commit, _ = self.ledger.change(name, prepare, who=who)
         summary = commit.summary.as_dict() if commit is not None else {}
+        if commit is not None:
+            self.ledger.freshness.settle()  # a rollback may take feedback away: as strong as a removal
         return RollbackResult(
             judge=name,
             judge_version=commit.version if commit is not None else self.state(name).version,
@@ -140,6 +143,7 @@ class HistoryService(JudgeService):
         def prepare(state: MemoryState) -> Change | None:
             old = JudgeSpec.model_validate_json(state.spec_json)
             spec = JudgeSpec.model_validate(old.model_dump() | changes).validated()
+            check_spec_limits(spec, self.settings.limits)
             if spec == old:
                 return None
             whole = self.ledger.whole_rows(state, list(state.feedback))
@@ -172,11 +176,11 @@ class HistoryService(JudgeService):
 
             self.ledger.change(name, tombstone, who=who)
         with self.store.exclusive():
-            state = self.state(name)
+            state = self.ledger.state(name, fresh=True)
             rows = self.store.rows_of_generation(name, state.gen, content=False)
             # Commits read after the rows: every row seen whose transaction committed has its commit here
             # (rows and commit row land in one LanceDB commit, and no writer commits while the lease is held).
-            committed = {c.txn for c in self.ledger.generation(name)}
+            committed = {c.txn for c in self.ledger.generation(name, fresh=True)}
             doomed = {r.key for r in rows if r.kind == "feedback" and r.item_id in ids}
             doomed |= {r.key for r in rows if r.kind == "guideline" and set(r.sources) & set(ids)}
             # Rows of a transaction that never committed (its writer was killed) may hold derived text. A

@@ -177,7 +177,8 @@ def _unknown_field(tool: str, exc: ValidationError, model: type[BaseModel]) -> s
     field = _show_path([*parent, close[0]]) if close else ""
     fix = f"with {field} instead" if close else f"without {_show_path(unknown['loc'])}"
     return (
-        f"Unknown {where}{guess} Got {show_value(unknown['input'])}; expected one of {', '.join(known)}. "
+        f"Unknown {where}{guess} Got {show_value(unknown['input'])}; expected "
+        f"{'one of ' + ', '.join(known) if known else 'no arguments'}. "
         f"Call {tool} again {fix}."
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from memalign_mcp.distill import Reflector
@@ -21,9 +21,11 @@ from memalign_mcp.errors import (
     PurgedContentError,
     UnknownJudgeError,
 )
+from memalign_mcp.limits import ModelGate, check_spec_limits
 from memalign_mcp.llm import ModelClient
 from memalign_mcp.models import (
     MEMORY_MODEL,
+    NO_SURROGATES,
     DeleteJudgeResult,
     FeedbackPage,
     FeedbackRecord,
@@ -33,7 +35,9 @@ from memalign_mcp.models import (
     JudgedText,
     JudgeList,
     JudgeSpec,
+    ListedGuideline,
     ScoreResult,
+    has_lone_surrogate,
 )
 from memalign_mcp.prompts import (
     SCORE_SCHEMA_NAME,
@@ -52,7 +56,19 @@ from memalign_mcp.vote import memory_verdict
 
 def guideline_of(row: MemoryRow) -> Guideline:
     """The public view of a stored guideline row."""
-    return Guideline(id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources))
+    return Guideline(
+        id=row.item_id, text=row.text, source_feedback_ids=sorted(row.sources), status=row.status
+    )
+
+
+def listed_guideline(row: MemoryRow) -> ListedGuideline:
+    """A stored guideline as list_guidelines shows it, with its provenance."""
+    return ListedGuideline(**guideline_of(row).model_dump(), provenance=row.body.get("provenance"))
+
+
+def active_guidelines(state: MemoryState) -> list[MemoryRow]:
+    """The guidelines used in scoring, oldest first: proposed ones wait for an operator's approval."""
+    return [g for g in state.guideline_rows() if g.status == "active"]
 
 
 def feedback_of(row: MemoryRow, *, pending: bool) -> FeedbackRecord:
@@ -95,9 +111,14 @@ class JudgeService:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.ledger = Ledger(store)
+        self.ledger = Ledger(store, freshness_s=settings.store.freshness_s())
         self.embedder = embedder
         self.client = client
+        limits = settings.limits
+        # Every model call of this process goes through one gate: scoring, distillation and re-derivation.
+        self.gated_client: ModelClient | None = (
+            ModelGate(client, limits.model_concurrency, limits.model_wait_s) if client is not None else None
+        )
         self.retrieval = Retrieval(settings.memory, store, self.ledger)
 
     # --- judges -------------------------------------------------------------------------------------------
@@ -113,11 +134,11 @@ class JudgeService:
     def reflector(self) -> Reflector | None:
         """The reflection model's wrapper, or None when no reflection model is configured."""
         model = self.settings.model.reflection_model
-        if model is None or self.client is None:
+        if model is None or self.gated_client is None:
             return None
         mem = self.settings.memory
         return Reflector(
-            self.client,
+            self.gated_client,
             model,
             self.embedder,
             merge_threshold=mem.merge_threshold,
@@ -151,9 +172,19 @@ class JudgeService:
     def create_judge(self, spec: JudgeSpec, *, who: str | None = None) -> Judge:
         """Create a judge; the same spec again returns the existing judge, a different one is refused."""
         spec = spec.model_copy().validated()
+        check_spec_limits(spec, self.settings.limits)
         spec_json = spec.model_dump_json()
+        names = self.ledger.names()
+        cap = self.settings.limits.max_judges
+        if spec.name not in names and len(names) >= cap:
+            raise InvalidInputError(
+                "name",
+                spec.name,
+                f"a store of at most {cap} judges (limits.max_judges), which this one has; delete_judge one first",
+            )
         if self.ledger.create(spec.name, spec_json, who=who) is None:
-            stored = json.loads(self.state(spec.name).spec_json)
+            # Read through the model, so a field added since the judge was made compares as its default.
+            stored = JudgeSpec.model_validate_json(self.state(spec.name).spec_json).model_dump(mode="json")
             wanted = json.loads(spec_json)
             differing = [k for k in wanted if stored.get(k) != wanted[k]]
             if differing:
@@ -202,12 +233,25 @@ class JudgeService:
         self.state(name)
         _, state = self.ledger.delete(name, who=who)
         self.retrieval.forget(name)
+        self.ledger.freshness.settle()  # no replica scores with the deleted memory once this returns
         return DeleteJudgeResult(
             judge=name,
             deleted=True,
             feedback_deleted=len(state.feedback),
             guidelines_deleted=len(state.guidelines),
         )
+
+    def forget_cached_text(self, name: str) -> None:
+        """Drop every cache that may hold a judge's removed text, so a purge leaves no copy in this process.
+
+        The judge's vector snapshot keeps whole rows and the ledger its latest state; the embedder may cache
+        the words of every text it embedded. Each fills again from what is left on the next read.
+        """
+        self.retrieval.forget(name)
+        self.ledger.forget_cached(name)
+        forget: Callable[[], None] | None = getattr(self.embedder, "forget_cached_text", None)
+        if forget is not None:
+            forget()
 
     # --- reading memory -----------------------------------------------------------------------------------
 
@@ -221,7 +265,7 @@ class JudgeService:
         return GuidelineList(
             judge=name,
             judge_version=state.version,
-            guidelines=[guideline_of(r) for r in state.guideline_rows()],
+            guidelines=[listed_guideline(r) for r in state.guideline_rows()],
         )
 
     def list_feedback(self, name: str, limit: int = 50, offset: int = 0) -> FeedbackPage:
@@ -252,14 +296,21 @@ class JudgeService:
             "max_value": spec.max_value,
             "model": self.model_for(spec),
             "retrieval_k": self.k_for(spec),
+            "review_guidelines": spec.review_guidelines or None,
             "memory_version": state.version,
         }
         shown = {k: v for k, v in header.items() if v is not None}
-        return (
+        document = (
             "\n".join(f"{k}: {v}" for k, v in shown.items())
             + "\n\n"
-            + instructions_with_guidelines(spec, [r.text for r in state.guideline_rows()])
+            + instructions_with_guidelines(spec, [r.text for r in active_guidelines(state)])
         )
+        proposed = [r for r in state.guideline_rows() if r.status == "proposed"]
+        if proposed:
+            # Shown for the operator who reviews them, apart and outside what the model is given.
+            document += f"\n\nProposed Guidelines ({len(proposed)}), not used in scoring until approved:\n"
+            document += "\n".join(f"- [{r.item_id}] {r.text}" for r in proposed)
+        return document
 
     # --- scoring ------------------------------------------------------------------------------------------
 
@@ -272,6 +323,8 @@ class JudgeService:
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if not text.strip() or value == {}:
             raise InvalidInputError(field, value, "non-empty text or a non-empty JSON object")
+        if has_lone_surrogate(text):
+            raise InvalidInputError(field, value, NO_SURROGATES)
         limit = self.settings.memory.max_field_chars
         if len(text) > limit:
             raise InvalidInputError(field, value, f"at most {limit} characters (memory.max_field_chars)")
@@ -302,7 +355,7 @@ class JudgeService:
         neighbours: list[Neighbour] = []
         if use_memory:
             # Leave-one-out: a guideline distilled from an excluded item would leak its verdict.
-            guidelines = [g for g in state.guideline_rows() if not excluded & set(g.sources)]
+            guidelines = [g for g in active_guidelines(state) if not excluded & set(g.sources)]
             text = text_for_embedding(inputs, outputs, self.settings.embedding.embed_fields)
             vector = self.embedder.embed([text])[0]
             neighbours = self.nearest(state, vector, self.k_for(spec), excluded)
@@ -320,7 +373,7 @@ class JudgeService:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 confidence=verdict.confidence,
             )
-        if self.client is None:
+        if self.gated_client is None:
             raise MemAlignError(f"Judge {name!r} uses model {model!r}, but no model client is configured.")
         messages = score_messages(
             spec,
@@ -334,7 +387,7 @@ class JudgeService:
         def check(data: dict[str, Any]) -> None:
             spec.check_value(data.get("value"))
 
-        completion = self.client.complete_json(
+        completion = self.gated_client.complete_json(
             model=model,
             messages=messages,
             schema_name=SCORE_SCHEMA_NAME,

@@ -9,9 +9,11 @@ tool awaits, and the running of one engine call per tool. It must never hold jud
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import anyio
 import anyio.from_thread
@@ -19,6 +21,8 @@ import anyio.lowlevel
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types import Tool as MCPTool
@@ -27,8 +31,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from memalign_mcp.auth import request_grant
 from memalign_mcp.errors import MemAlignError, UnknownJudgeError
 from memalign_mcp.invalid_input import argument_error
+from memalign_mcp.limits import RateLimiter
 from memalign_mcp.scopes import Grant, Scope, ScopeDeniedError
-from memalign_mcp.settings import Settings
+from memalign_mcp.settings import LimitsSettings, Settings
+from memalign_mcp.stdio_wire import answering_stdio_server
 from memalign_mcp.tool_schemas import compact_schema
 
 if TYPE_CHECKING:
@@ -133,6 +139,48 @@ def progress_reporter(ctx: Ctx) -> Progress:
     return report
 
 
+def _accepts_string(annotation: Any) -> bool:
+    """Whether an argument of this type may be a plain string (through Annotated, unions and Optional)."""
+    if annotation is str:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _accepts_string(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_accepts_string(arg) for arg in get_args(annotation) if arg is not NoneType)
+    return False
+
+
+class _StringsAsSent(FuncMetadata):
+    """The SDK's function metadata, parsing JSON held in a string only where a string is not a valid value.
+
+    Some clients send a list or an object argument as a JSON string, and the SDK parses it back; that stays for
+    `feedback`, `feedback_ids`, `dataset` and the like. But where a string is itself a valid value (judged text:
+    `inputs`, `outputs`, `expectations`), the SDK's parsing turned a response that happens to be JSON into an
+    object, so the judge saw it re-indented: such arguments are kept exactly as sent.
+    """
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The SDK's parsing, except for arguments that may be strings: those are passed on as sent."""
+        fields = self.arg_model.model_fields
+        as_sent = {
+            key: value
+            for key, value in data.items()
+            if key in fields and _accepts_string(fields[key].annotation)
+        }
+        return super().pre_parse_json(data) | as_sent
+
+
+def internal_error(tool: str, exc: BaseException) -> ToolError:
+    """A one-line tool error for a crash, with a reference the server's log holds the traceback under."""
+    ref = secrets.token_hex(4)
+    log.error("internal error (ref %s) in %s", ref, tool, exc_info=(type(exc), exc, exc.__traceback__))
+    return ToolError(
+        f"Internal error (ref {ref}) in {tool}: {type(exc).__name__}; the server log has the details under this "
+        "ref. Retry, and report the ref to the server's operator if it persists."
+    )
+
+
 # The argument naming the judge a tool touches, where it is not `judge`; a grant's `judges` is checked on it.
 JUDGE_ARGUMENT = {"create_judge": "name"}
 
@@ -140,10 +188,33 @@ JUDGE_ARGUMENT = {"create_judge": "name"}
 class JudgeServer(MCPServer[EngineHandle]):
     """The SDK's server, with the caller's scopes and judges enforced and argument errors in one line."""
 
-    def __init__(self, *args: Any, local_grant: Grant, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, local_grant: Grant, limits: LimitsSettings | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.local_grant = local_grant
         self.tool_scopes: dict[str, Scope] = {}  # filled by _tool, one entry per tool
+        limits = limits or LimitsSettings()
+        self.http_limiter = RateLimiter(limits.requests_per_minute, "limits.requests_per_minute")
+        self.stdio_limiter = RateLimiter(limits.stdio_requests_per_minute, "limits.stdio_requests_per_minute")
+
+    def _count_call(self, context: Ctx | None) -> None:
+        """Count one tool call against its caller's bucket: a token's name, else its address; stdio is one caller."""
+        grant = request_grant()
+        request: Any = context.request_context.request if context is not None else None
+        if grant is not None:
+            self.http_limiter.take(f"token {grant.who!r}")
+        elif request is not None:
+            client: Any = getattr(request, "client", None)
+            self.http_limiter.take(f"address {getattr(client, 'host', None) or 'unknown'}")
+        else:
+            self.stdio_limiter.take("the stdio client")
+
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio, answering every line the SDK cannot read with a JSON-RPC error (stdio_wire.py)."""
+        async with answering_stdio_server() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     def grant(self) -> Grant:
         """What the current caller may do: its bearer token's grant, else the local one (stdio, no tokens)."""
@@ -180,33 +251,56 @@ class JudgeServer(MCPServer[EngineHandle]):
         """Validate tool `name`'s arguments strictly: an unknown name is refused, and nothing is coerced.
 
         The SDK's argument model ignores unknown names (a misspelt `feedbak_type` left a bool judge) and is lax
-        ("5" became 5, 1 became true). A subclass with a strict config takes its place; tools/list keeps the
+        ("5" became 5, 1 became true), and parsed judged text that is JSON into an object. A subclass with a
+        strict config, and metadata that keeps string arguments as sent, take their place; tools/list keeps the
         schema the SDK made from the lax model, which describes the same arguments.
         """
         tool = self._tool_manager.get_tool(name)
         if tool is None:
             raise KeyError(name)
-        lax = tool.fn_metadata.arg_model
-        strict = type(lax.__name__, (lax,), {"model_config": ConfigDict(extra="forbid", strict=True)})
-        tool.fn_metadata.arg_model = strict
+        lax = tool.fn_metadata
+        strict = type(
+            lax.arg_model.__name__,
+            (lax.arg_model,),
+            {"model_config": ConfigDict(extra="forbid", strict=True)},
+        )
+        tool.fn_metadata = _StringsAsSent(
+            arg_model=strict,
+            output_schema=lax.output_schema,
+            output_model=lax.output_model,
+            wrap_output=lax.wrap_output,
+        )
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Ctx | None = None
     ) -> CallToolResult | InputRequiredResult:
-        """Call a tool the caller's grant allows; arguments that do not fit fail naming field, value and type."""
-        await self._refuse_outside_grant(name, arguments, context)
+        """Call a tool the caller's grant allows; arguments that do not fit fail naming field, value and type.
+
+        A crash (anything but a deliberate error) comes back as one line with a reference, and the traceback
+        goes to the server's log under the same reference: the caller learns nothing of the internals.
+        """
         try:
+            self._count_call(context)
+            await self._refuse_outside_grant(name, arguments, context)
             return await super().call_tool(name, arguments, context)
+        except MemAlignError as exc:  # the rate limit, or the engine failing while a grant was checked
+            raise ToolError(str(exc)) from exc
+        except UnexpectedToolError as exc:
+            raise internal_error(name, exc.__cause__ or exc) from exc
         except ToolError as exc:
             # The SDK raises a ToolError caused by the ValidationError when the arguments do not fit the schema.
             cause = exc.__cause__
-            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+            if not isinstance(cause, ValidationError):
                 raise
             tool = self._tool_manager.get_tool(name)
             model = tool.fn_metadata.arg_model if tool else BaseModel
             raise ToolError(
                 f"Error executing tool {name}: {argument_error(name, cause, arguments, model)}"
             ) from cause
+        except MCPError:
+            raise
+        except Exception as exc:
+            raise internal_error(name, exc) from exc
 
     async def list_tools(self) -> list[MCPTool]:
         """The caller's tools (those of its scopes) with compact schemas: tools/list is read into every context."""

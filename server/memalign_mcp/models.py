@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from memalign_mcp.errors import InvalidInputError
 
 FeedbackType = Literal["bool", "int", "float", "categorical", "text"]
+# A guideline is `active` (used in scoring) or `proposed` (awaiting review_guideline; not used in scoring).
+GuidelineStatus = Literal["active", "proposed"]
+ReviewAction = Literal["approve", "reject", "edit"]
 FEEDBACK_TYPES: tuple[str, ...] = ("bool", "int", "float", "categorical", "text")
 JudgedText = str | dict[str, Any]
 Value = bool | int | float | str
@@ -24,6 +27,20 @@ JUDGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 TEMPLATE_VARIABLES = ("inputs", "outputs", "expectations")
 _TEMPLATE_VAR = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 MEMORY_MODEL = "memory"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+NO_SURROGATES = "text without lone surrogates (half of a UTF-16 pair cannot be stored as UTF-8)"
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True when `text` holds half of a UTF-16 surrogate pair: JSON can carry one, UTF-8 cannot store it."""
+    return _LONE_SURROGATE.search(text) is not None
+
+
+def is_judge_name(name: str) -> bool:
+    """Whether `name` could name a judge: every judge was created with a name of this pattern."""
+    return re.fullmatch(JUDGE_NAME_PATTERN, name) is not None
 
 
 class JudgeSpec(BaseModel):
@@ -47,11 +64,20 @@ class JudgeSpec(BaseModel):
         default=None,
         description="Similar past feedback items shown per score, 0-50; omit for the default.",
     )
+    review_guidelines: bool = Field(
+        default=False,
+        description="New guidelines wait, unused, for review_guideline.",
+    )
 
     def validated(self) -> JudgeSpec:
         """Check every field against the rules a caller cannot see in the schema; return self."""
-        if not re.fullmatch(JUDGE_NAME_PATTERN, self.name):
+        if not is_judge_name(self.name):
             raise InvalidInputError("name", self.name, f"a name matching {JUDGE_NAME_PATTERN}")
+        for field, text in [("instructions", self.instructions), ("model", self.model or "")] + [
+            (f"choices[{i}]", c) for i, c in enumerate(self.choices or [])
+        ]:
+            if has_lone_surrogate(text):
+                raise InvalidInputError(field, text, NO_SURROGATES)
         if not self.instructions.strip():
             raise InvalidInputError("instructions", self.instructions, "non-empty instructions")
         used = template_variables(self.instructions)
@@ -207,6 +233,23 @@ class Guideline(BaseModel):
     source_feedback_ids: list[str] = Field(
         default_factory=list[str], description="Feedback it was distilled from; empty for a hand-written one."
     )
+    status: GuidelineStatus = Field(
+        default="active", description="'proposed': awaiting review_guideline, not used in scoring."
+    )
+
+
+class ListedGuideline(Guideline):
+    """A guideline as list_guidelines shows it: with who wrote it where an operator did."""
+
+    provenance: str | None = Field(default=None, description="'operator:<who>' for a hand-written one.")
+
+
+class ReviewedGuideline(ListedGuideline):
+    """A guideline after add_guideline or review_guideline, with the memory version that change made."""
+
+    judge: str
+    judge_version: int
+    removed: bool = Field(default=False, description="True after reject: no longer in the judge's memory.")
 
 
 class ScoreResult(BaseModel):
@@ -270,7 +313,7 @@ class GuidelineList(BaseModel):
 
     judge: str
     judge_version: int
-    guidelines: list[Guideline]
+    guidelines: list[ListedGuideline]
 
 
 class FeedbackPage(BaseModel):
@@ -327,7 +370,9 @@ class VersionRecord(BaseModel):
     version: int
     created_at: datetime
     who: str | None = Field(description="Who made the change (the feedback's source, or the caller).")
-    change: str = Field(description="create, add, distill, remove, update, rollback or purge.")
+    change: str = Field(
+        description="create, add, distill, remove, update, rollback, purge, guideline (added by hand) or review."
+    )
     summary: VersionSummary
     restored_version: int | None = Field(default=None, description="rollback: the version restored.")
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from memalign_mcp.models import GuidelineStatus
+
 Kind = Literal["feedback", "guideline"]
 ItemKey = tuple[str, str]  # (kind, item id): what a change reads or writes, for conflict checks
 KINDS: tuple[Kind, Kind] = ("feedback", "guideline")
@@ -28,7 +30,9 @@ Vector = NDArray[np.float32]
 Matrix = NDArray[np.float32]
 
 # What a commit did to the judge: create, feed, distil, remove, delete and the rest (see transaction.py).
-Op = Literal["create", "add", "distill", "remove", "delete", "update", "rollback", "guideline", "purge"]
+Op = Literal[
+    "create", "add", "distill", "remove", "delete", "update", "rollback", "guideline", "review", "purge"
+]
 
 
 def new_txn() -> str:
@@ -78,6 +82,16 @@ class MemoryRow:
     def key(self) -> str:
         """The table's primary key for this row version."""
         return row_key(self.txn, self.kind, self.item_id)
+
+    @property
+    def status(self) -> GuidelineStatus:
+        """A guideline's review status, kept in its body (absent: active, as every guideline before 0.2)."""
+        return "proposed" if self.body.get("status") == "proposed" else "active"
+
+    @property
+    def by_operator(self) -> bool:
+        """True for a guideline an operator wrote by hand (add_guideline): distillation never rewrites it."""
+        return str(self.body.get("provenance", "")).startswith("operator:")
 
 
 @dataclass(frozen=True)

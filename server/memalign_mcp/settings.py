@@ -15,9 +15,9 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from memalign_mcp.errors import SettingsError
 from memalign_mcp.models import MEMORY_MODEL
@@ -34,6 +34,7 @@ from memalign_mcp.scopes import ALL_SCOPES, Scope
 PACKAGED_CONFIG_DIR = Path(str(resources.files("memalign_mcp") / "config"))
 DEFAULT_CONFIG = PACKAGED_CONFIG_DIR / "default.toml"
 CONFIG_ENV = "MEMALIGN_CONFIG"
+_REDACTED = "<redacted>"
 
 # Environment variable -> (section, key). Environment overrides the file; flags override both.
 ENV_KEYS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "MEMALIGN_EMBEDDING_MODEL": ("embedding", "model"),
     "MEMALIGN_DATA_DIR": ("store", "data_dir"),
     "MEMALIGN_TOKENS_FILE": ("server", "tokens_file"),
+    "MEMALIGN_OAUTH_CLIENT_SECRET": ("server", "oauth_client_secret"),
 }
 
 
@@ -112,23 +114,70 @@ class EmbeddingSettings(_Section):
     embed_fields: Literal["inputs", "inputs+outputs"] = "inputs+outputs"
 
 
+def _option_text(value: Any) -> Any:
+    """A TOML true/false or number as LanceDB's storage options spell it (strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+StorageOption = Annotated[SecretStr, BeforeValidator(_option_text)]
+
+
 class StoreSettings(_Section):
-    """Where memory lives."""
+    """Where memory lives: a local directory or object storage, and how fresh a replica's reads must be."""
 
     data_dir: str = Field(
-        default="", description="Directory of the store; empty means the user data directory."
+        default="",
+        description="Directory of the store, or s3://bucket/prefix (gs://, az://); empty: the user data directory.",
     )
     uri: str = Field(default="", description="Any LanceDB URI; overrides data_dir when set.")
+    # Values are secrets (keys, tokens, SAS): SecretStr keeps them out of repr, dumps and error messages.
+    storage_options: dict[str, StorageOption] = Field(
+        default_factory=dict[str, StorageOption],
+        description="LanceDB storage options (endpoint, region, allow_http, keys); never logged.",
+    )
+    freshness_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=60_000,
+        description="Oldest state a replica may score with after a commit elsewhere; empty: 1000 remote, 0 local.",
+    )
     index_cache_mb: int = Field(
         default=16, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
     )
 
     def resolved_uri(self) -> str:
-        """The LanceDB URI to open."""
+        """The LanceDB URI to open: `<data_dir>/lancedb`, on local disk or in a bucket alike."""
         if self.uri:
             return self.uri
+        if is_remote(self.data_dir):
+            return self.data_dir.rstrip("/") + "/lancedb"
         base = Path(self.data_dir).expanduser() if self.data_dir else _user_data_dir()
         return str(base / "lancedb")
+
+    def is_remote(self) -> bool:
+        """True when the store is not a local directory (object storage, LanceDB Cloud)."""
+        return is_remote(self.resolved_uri())
+
+    def freshness_s(self) -> float:
+        """The freshness bound in seconds: the setting, else 1 s on object storage and 0 (every read) locally."""
+        if self.freshness_ms is not None:
+            return self.freshness_ms / 1000
+        return DEFAULT_REMOTE_FRESHNESS_MS / 1000 if self.is_remote() else 0.0
+
+    def lance_storage_options(self) -> dict[str, str]:
+        """The storage options as LanceDB takes them (the only place their values are revealed)."""
+        return {k: v.get_secret_value() for k, v in self.storage_options.items()}
+
+
+DEFAULT_REMOTE_FRESHNESS_MS = 1000
+
+
+def is_remote(uri: str) -> bool:
+    """True for a URI with a scheme (s3://, gs://, az://, db://); a plain path or file:// is local."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme.lower() != "file"
 
 
 class MemorySettings(_Section):
@@ -161,6 +210,38 @@ class MemorySettings(_Section):
     )
 
 
+class LimitsSettings(_Section):
+    """Bounds that keep one caller, or one bad input, from exhausting the server (a call over one is refused)."""
+
+    max_instructions_chars: int = Field(
+        default=20_000, ge=100, description="Longest judge instructions (list_judges returns them all)."
+    )
+    max_model_chars: int = Field(default=200, ge=10, le=10_000, description="Longest model name of a judge.")
+    max_choices: int = Field(default=100, ge=2, le=10_000, description="Most choices of a categorical judge.")
+    max_choice_chars: int = Field(
+        default=200, ge=1, le=10_000, description="Longest choice of a categorical judge."
+    )
+    max_ids_per_call: int = Field(default=1_000, ge=1, description="Most feedback ids per remove_feedback.")
+    max_judges: int = Field(default=1_000, ge=1, description="Most judges in one store.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest HTTP request body; a larger one gets 413."
+    )
+    requests_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Tool calls a minute per HTTP caller (token, else address); 0: unlimited.",
+    )
+    stdio_requests_per_minute: int = Field(
+        default=0, ge=0, description="Tool calls a minute over stdio; 0: unlimited."
+    )
+    model_concurrency: int = Field(
+        default=8, ge=1, le=1_000, description="Model calls in flight at once in this process."
+    )
+    model_wait_s: float = Field(
+        default=30.0, gt=0, description="How long a model call waits for a free slot before it fails."
+    )
+
+
 class ServerSettings(_Section):
     """How the MCP server is reached and which judges it ships."""
 
@@ -177,9 +258,41 @@ class ServerSettings(_Section):
     insecure_no_auth: bool = Field(
         default=False, description="Serve http on a non-loopback host without tokens (something else checks)."
     )
+    oauth_issuer_url: str = Field(
+        default="", description="Authorization server issuing tokens for /mcp (instead of a tokens file)."
+    )
+    oauth_introspection_url: str = Field(
+        default="", description="Its RFC 7662 token introspection endpoint; set with oauth_issuer_url."
+    )
+    oauth_client_id: str = Field(
+        default="", description="This server's client id at the introspection endpoint."
+    )
+    oauth_client_secret: str = Field(
+        default="", description="Its secret (MEMALIGN_OAUTH_CLIENT_SECRET); never logged."
+    )
+    oauth_scope_prefix: str = Field(
+        default="", description="Prefix of our scopes in the token's scope claim, e.g. 'memalign:'."
+    )
     stdio_scopes: list[Scope] = Field(
         default_factory=lambda: list(ALL_SCOPES),
         description="Scopes of a caller without a token: stdio, or http served without a tokens file.",
+    )
+    # Bounds on what one HTTP client can hold (README, "Security"): without them half-sent requests and idle
+    # streams were kept forever, and enough of them used up the process's file descriptors.
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds to send a request's line and headers once awaited."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds to send a request's whole body after its headers."
+    )
+    max_connections: int = Field(
+        default=256, ge=2, le=100_000, description="Open HTTP connections; one more is closed at once."
+    )
+    sse_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds an event stream may stay silent before it is ended.",
     )
 
 
@@ -190,6 +303,7 @@ class Settings(_Section):
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     config_dir: str = Field(
         default="", description="Directory of the config file, for relative paths; empty: the packaged one."
@@ -277,4 +391,7 @@ def load_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise SettingsError(key, first.get("input"), first["msg"].lower()) from exc
+        got = first.get("input")
+        if key.startswith("store.storage_options"):
+            got = _REDACTED  # a storage option may be a secret: never echoed
+        raise SettingsError(key, got, first["msg"].lower()) from exc

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ from lancedb.index import Bitmap, BTree, IvfSq  # pyright: ignore[reportMissingT
 from memalign_mcp.commit_log import SCHEMA as COMMITS_SCHEMA
 from memalign_mcp.commit_log import CommitLog
 from memalign_mcp.commit_log import sql_quote as _q
-from memalign_mcp.errors import EmbeddingMismatchError
+from memalign_mcp.errors import EmbeddingMismatchError, StoreUnavailableError
 from memalign_mcp.records import Commit, MemoryRow
 from memalign_mcp.row_codec import (
     LEAN_COLUMNS,
@@ -56,6 +56,7 @@ _UNINDEXED_ROWS = 2_000
 _TIDY_EVERY = 100
 # Versions younger than this are kept, so readers in other processes never lose the version they read.
 _KEEP_VERSIONS = timedelta(hours=1)
+_REASON_CHARS = 300  # of a LanceDB error quoted in ours (its own can run to kilobytes)
 
 
 def _in(column: str, values: Iterable[str]) -> str:
@@ -73,6 +74,7 @@ class MemoryStore:
         embedding_dim: int | Callable[[], int],
         vector_index_min_rows: int = 20_000,
         index_cache_mb: int | None = None,
+        storage_options: Mapping[str, str] | None = None,
     ) -> None:
         """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
 
@@ -80,20 +82,35 @@ class MemoryStore:
         `index_cache_mb`: LanceDB's index cache in this process (None: LanceDB's default, gigabytes).
 
         A remote embedder learns its dimension by embedding a probe text; a store that recorded it already
-        must not make every restart pay for that request.
+        must not make every restart pay for that request. `storage_options` go to LanceDB as they are (an
+        object store's endpoint, region, keys); the standard AWS_* variables are read by LanceDB itself.
+        Their values are never logged or put in an error.
         """
         self.uri = uri
         self.embedding_name = embedding_name
         self.vector_index_min_rows = vector_index_min_rows
-        # read_consistency_interval=0: a long-lived handle sees other processes' writes at no measured cost.
-        session = (
-            None if index_cache_mb is None else lancedb.Session(index_cache_size_bytes=index_cache_mb << 20)
-        )
-        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0), session=session)
+        self._secrets = [v for v in (storage_options or {}).values() if len(v) >= 4]
         self._write_lock = threading.RLock()
-        self.dim = self._check_meta(embedding_dim)
-        self._memory = self._open_or_create(_MEMORY, memory_schema(self.dim), "id")
-        self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
+        try:
+            # read_consistency_interval=0: a long-lived handle sees other processes' writes at once; how often
+            # a replica asks is bounded above this layer (Ledger's freshness), not by a stale handle.
+            # index_cache_mb: LanceDB's own default cache is gigabytes (BENCHMARKS.md, retrieval at scale).
+            cache = (
+                None
+                if index_cache_mb is None
+                else lancedb.Session(index_cache_size_bytes=index_cache_mb << 20)
+            )
+            self._db = lancedb.connect(
+                uri,
+                read_consistency_interval=timedelta(0),
+                storage_options=dict(storage_options or {}),
+                session=cache,
+            )
+            self.dim = self._check_meta(embedding_dim)
+            self._memory = self._open_or_create(_MEMORY, memory_schema(self.dim), "id")
+            self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self.unavailable("opened", exc) from exc
         self._writes = 0
         self._held = threading.local()  # the lease this thread holds, if any (see exclusive)
         self._index_memory(only_missing=True)
@@ -146,8 +163,28 @@ class MemoryStore:
 
     @property
     def version(self) -> int:
-        """The commit log's version: every commit by any process changes it (a cheap check, ~0.2 ms locally)."""
-        return self.log.version
+        """The commit log's version: every commit by any process changes it (~0.2 ms locally, a request on S3).
+
+        StoreUnavailableError when the store cannot be read: a replica that cannot check for commits elsewhere
+        must not score with what it cached (see Ledger's freshness).
+        """
+        try:
+            return self.log.version
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise self.unavailable("read", exc) from exc
+
+    def unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        """The one-line error for a store that could not be opened or read, with no secret in it."""
+        reason = " ".join(str(exc).split())
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        if len(reason) > _REASON_CHARS:
+            reason = reason[:_REASON_CHARS] + "..."
+        return StoreUnavailableError(
+            f"The store at {self.uri} could not be {what} ({type(exc).__name__}: {reason}); nothing was "
+            "changed. Check that it is reachable and that [store] data_dir, the AWS_* variables and "
+            "[store.storage_options] are right, then call again."
+        )
 
     # --- 0.1 stores ----------------------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 pydantic's schemas say more than an agent needs, and tools/list is paid for in every conversation. Everywhere,
 the title made from each field's name ("judge_version" -> "Judge Version") and `additionalProperties: true`
 (JSON Schema's default) are dropped, and `{"anyOf": [{"type": "string"}, {"type": "null"}]}` is folded to
-`{"type": ["string", "null"]}`, which means the same. Output schemas keep only structure (names, types,
-required): descriptions (written in the models for code readers; the tool's description says what an agent must
+`{"type": ["string", "null"]}`, which means the same (so is a nullable array: its `items` constrain arrays
+only). Output schemas keep only structure (names, types, required; an enum of strings without its `type`,
+which the enum implies): descriptions (written in the models for code readers; the tool's description says what an agent must
 know of its result), defaults and `additionalProperties: false` go. Input schemas keep the descriptions of fields
 and the defaults that are not null (they tell the caller what leaving an argument out does); a nested object's
 own description (its class docstring) goes, since the argument that holds it is described. Only the listing
@@ -19,6 +20,7 @@ from typing import Any
 _SCHEMA_MAPS = ("properties", "$defs", "patternProperties")
 _SCHEMA_KEYS = ("items", "additionalProperties", "not", "if", "then", "else")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_ARRAY_KEYS = {"items", "prefixItems", "minItems", "maxItems"}
 
 
 def compact_schema(schema: dict[str, Any], *, output: bool, nested: bool = False) -> dict[str, Any]:
@@ -41,6 +43,12 @@ def compact_schema(schema: dict[str, Any], *, output: bool, nested: bool = False
             node[key] = [_compact_member(sub, output) for sub in value]
         else:
             node[key] = value
+    if (
+        output
+        and node.get("type") == "string"
+        and all(isinstance(v, str) for v in node.get("enum") or [None])
+    ):
+        del node["type"]
     return _fold_type_union(node)
 
 
@@ -54,10 +62,15 @@ def _fold_type_union(node: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(members, list) or "type" in node:
         return node
     types: list[Any] = []
+    array: dict[str, Any] = {}  # the keywords of an array member, which constrain arrays only
     for member in members:
-        if not (isinstance(member, dict) and set(member) == {"type"} and isinstance(member["type"], str)):
+        if not (isinstance(member, dict) and isinstance(member.get("type"), str)):
             return node
+        extra = {k: v for k, v in member.items() if k != "type"}
+        if extra and (member["type"] != "array" or array or not set(extra) <= _ARRAY_KEYS):
+            return node
+        array |= extra
         types.append(member["type"])
-    folded = {key: value for key, value in node.items() if key != "anyOf"}
+    folded = {key: value for key, value in node.items() if key != "anyOf"} | array
     folded["type"] = types
     return folded

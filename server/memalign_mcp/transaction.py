@@ -41,7 +41,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
+from memalign_mcp.freshness import Freshness
 from memalign_mcp.memory_state import MemoryState, apply_commits, replay
+from memalign_mcp.models import is_judge_name
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary, new_txn
 from memalign_mcp.row_codec import lean
 from memalign_mcp.store import MemoryStore
@@ -142,24 +144,39 @@ def _fits(change: Change, latest: MemoryState) -> bool:
 class Ledger:
     """Reads judges as of their latest (or an older) commit, and commits changes to them; thread-safe."""
 
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryStore, *, freshness_s: float = 0.0) -> None:
+        """A ledger over the store; `freshness_s` bounds how old a read may be after a commit elsewhere.
+
+        With 0, every read asks the store whether anything was committed (one request per score on S3); with
+        F > 0 reads ask at most once per F, writes always ask, and a removal waits F (freshness.py).
+        """
         self.store = store
         self._commits: dict[str, tuple[int, list[Commit]]] = {}  # judge -> (table version read at, commits)
         self._states: dict[str, MemoryState] = {}
+        self.freshness = Freshness(lambda: store.version, freshness_s)
         # Called at each step of a change (name, step): tests use it to force interleavings and failures.
         self.on_step: StepHook | None = None
 
+    def forget_cached(self, name: str) -> None:
+        """Drop the judge's cached state (its rows), so the next read replays it from the store."""
+        self._states.pop(name, None)
+
     # --- reading ------------------------------------------------------------------------------------------
 
-    def commits(self, name: str) -> list[Commit]:
+    def commits(self, name: str, *, fresh: bool = False) -> list[Commit]:
         """Every commit of a judge name, read again only when the table has changed since the last read.
+
+        `fresh` asks the store even within the freshness bound (every write does).
 
         Commit numbers are contiguous from 1, so a gap means a read missed a commit: measured with LanceDB
         0.40 while purges rewrote rows in another process, an indexed read once returned a commit's
         successors but not the commit. Then every commit is read again; a change is never checked or
         replayed against a history with a hole in it.
         """
-        version = self.store.version
+        if not is_judge_name(name):
+            # No judge can have it, so the store's queries never see it (a lone surrogate crashed one).
+            return []
+        version = self.freshness.version(fresh=fresh)
         cached = self._commits.get(name)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -179,9 +196,9 @@ class Ledger:
         self._commits[name] = (version, commits)
         return commits
 
-    def head(self, name: str) -> Commit | None:
+    def head(self, name: str, *, fresh: bool = False) -> Commit | None:
         """A judge name's latest commit, or None if it never existed."""
-        commits = self.commits(name)
+        commits = self.commits(name, fresh=fresh)
         return commits[-1] if commits else None
 
     def names(self) -> list[str]:
@@ -191,17 +208,20 @@ class Ledger:
             latest[c.judge] = c
         return sorted(n for n, c in latest.items() if not c.deleted)
 
-    def generation(self, name: str) -> list[Commit]:
+    def generation(self, name: str, *, fresh: bool = False) -> list[Commit]:
         """The commits of the judge's current generation; UnknownJudgeError if it does not exist."""
-        commits = self.commits(name)
+        commits = self.commits(name, fresh=fresh)
         if not commits or commits[-1].deleted:
             raise UnknownJudgeError(name, self.names())
         start = max(i for i, c in enumerate(commits) if c.op == "create")
         return commits[start:]
 
-    def state(self, name: str) -> MemoryState:
-        """The judge's memory as of its latest commit (cached; only new commits are read)."""
-        gen = self.generation(name)
+    def state(self, name: str, *, fresh: bool = False) -> MemoryState:
+        """The judge's memory as of its latest commit (cached; only new commits are read).
+
+        Without `fresh`, as of a check at most the freshness bound old (see freshness.py).
+        """
+        gen = self.generation(name, fresh=fresh)
         head = gen[-1]
         cached = self._states.get(name)
         if cached is not None and cached.gen == head.gen and cached.seq == head.seq:
@@ -279,7 +299,7 @@ class Ledger:
         self, name: str, prepare: Prepare, who: str | None, pinned: list[str]
     ) -> tuple[Commit | None, MemoryState] | None:
         """Prepare once and try to commit; None when commits of others overlapped it (prepare again)."""
-        state = self.state(name)
+        state = self.state(name, fresh=True)
         if pinned and state.gen != pinned[0]:
             raise JudgeGoneError(
                 f"Judge {name!r} was deleted (and perhaps made again) while this call ran; nothing of the "
@@ -310,16 +330,17 @@ class Ledger:
         for lost in itertools.count():
             if lost:
                 time.sleep(random.uniform(0, 0.005 * min(lost, 10)))
-            head = self.head(name)
+            head = self.head(name, fresh=True)
             assert head is not None
             if head.seq != state.seq:
-                between = [c for c in self.commits(name) if c.seq > state.seq]
-                if _overlaps(change, state.gen, between) or not _fits(change, self.state(name)):
+                between = [c for c in self.commits(name, fresh=True) if c.seq > state.seq]
+                if _overlaps(change, state.gen, between) or not _fits(change, self.state(name, fresh=True)):
                     return None
             commit = self._record(name, head, gen=state.gen, txn=txn, change=change, who=who)
             rows = [replace(r, judge=name, gen=state.gen, txn=txn) for r in change.rows]
             self._step(name, f"{change.op}:writing")
             if self.store.commit(commit, rows):
+                self.freshness.committed()
                 self._remember(name, commit, rows)
                 return commit
         raise AssertionError("unreachable: the loop returns")
@@ -330,9 +351,7 @@ class Ledger:
         Only when the caches were exactly one commit behind; their table version is left as it was, so the
         next read still asks the store for anything committed after ours.
         """
-        cached = self._commits.get(name)
-        if cached is not None and cached[1] and cached[1][-1].seq == commit.seq - 1:
-            self._commits[name] = (cached[0], [*cached[1], commit])
+        self._remember_commit(name, commit)
         state = self._states.get(name)
         if state is not None and state.gen == commit.gen and state.seq == commit.seq - 1:
             if not state.whole:  # a lean state holds no content or vectors (row_codec.py), so neither do ours
@@ -342,6 +361,15 @@ class Ledger:
                 self._states.pop(name, None)  # past the budget: the next read rebuilds it with vectors only
             else:
                 self._states[name] = state
+
+    def _remember_commit(self, name: str, commit: Commit) -> None:
+        """Add our own commit to the cached commits, or drop them: within the freshness bound the store is not
+        asked again, and this process must read its own writes."""
+        cached = self._commits.get(name)
+        if cached is not None and (cached[1][-1].seq if cached[1] else 0) == commit.seq - 1:
+            self._commits[name] = (cached[0], [*cached[1], commit])
+        else:
+            self._commits.pop(name, None)
 
     @staticmethod
     def _record(name: str, head: Commit, *, gen: str, txn: str, change: Change, who: str | None) -> Commit:
@@ -381,7 +409,7 @@ class Ledger:
         stays deleted. `rows` and `version` carry a judge over from a 0.1 store in the same commit.
         """
         while True:
-            head = self.head(name)
+            head = self.head(name, fresh=True)
             if head is not None and (only_if_new_name or not head.deleted):
                 return None
             gen, txn = uuid.uuid4().hex, new_txn()
@@ -403,13 +431,15 @@ class Ledger:
                 ),
             )
             if self.store.commit(commit, [replace(r, judge=name, gen=gen, txn=txn) for r in rows]):
+                self.freshness.committed()
+                self._remember_commit(name, commit)
                 return commit
 
     def delete(self, name: str, *, who: str | None = None) -> tuple[Commit, MemoryState]:
         """Delete a judge: one commit hides all its rows at once; then its rows are deleted from the store."""
         while True:
-            state = self.state(name)
-            head = self.head(name)
+            state = self.state(name, fresh=True)
+            head = self.head(name, fresh=True)
             assert head is not None
             commit = replace(
                 self._record(name, head, gen=state.gen, txn=new_txn(), change=Change(op="delete"), who=who),
@@ -420,6 +450,8 @@ class Ledger:
             )
             self._step(name, "delete:writing")
             if self.store.commit(commit, []):
+                self.freshness.committed()
+                self._remember_commit(name, commit)
                 break
         self._states.pop(name, None)
         # Invisible already; deleting them frees the space and keeps old private text out of later scans. The
