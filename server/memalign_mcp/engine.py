@@ -56,6 +56,17 @@ def read_judge_files(directory: Path | None) -> list[JudgeSpec]:
     return specs
 
 
+def open_store(
+    settings: Settings, embedder: Embedder | None = None, *, any_embedding: bool = False
+) -> MemoryStore:
+    """The store the settings name, refused if built with another embedding model unless `any_embedding`."""
+    embedder = embedder or make_embedder(settings)
+    uri = settings.store.resolved_uri()
+    return MemoryStore(
+        uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim, any_embedding=any_embedding
+    )
+
+
 def open_engine(
     settings: Settings, *, embedder: Embedder | None = None, client: ModelClient | None = None
 ) -> MemAlignService:
@@ -64,7 +75,7 @@ def open_engine(
     uri = settings.store.resolved_uri()
     if "://" not in uri:
         Path(uri).mkdir(parents=True, exist_ok=True)
-    store = MemoryStore(uri, embedding_name=embedder.name, embedding_dim=lambda: embedder.dim)
+    store = open_store(settings, embedder)
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     migrate_0_1(store, service.ledger)
     for spec in read_judge_files(settings.judges_path()):

@@ -119,6 +119,15 @@ class StoreSettings(_Section):
         default="", description="Directory of the store; empty means the user data directory."
     )
     uri: str = Field(default="", description="Any LanceDB URI; overrides data_dir when set.")
+    maintain_interval_s: float = Field(
+        default=600.0, ge=0, description="serve maintains the store this often in the background; 0: never."
+    )
+    maintain_after_writes: int = Field(
+        default=100, ge=0, description="...and after this many writes of its own (0: on the interval only)."
+    )
+    keep_versions_s: float = Field(
+        default=600.0, ge=60, description="Old store versions are pruned once superseded this long."
+    )
 
     def resolved_uri(self) -> str:
         """The LanceDB URI to open."""
