@@ -25,6 +25,7 @@ from memalign_mcp import cli
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
 from memalign_mcp.commit_log import MAINTAIN_LEASE
+from memalign_mcp.errors import SettingsError
 from memalign_mcp.maintenance import BackgroundMaintenance, Maintainer, maintenance_steps, prune_before
 from memalign_mcp.models import JudgeSpec, RemoveFeedbackResult
 from memalign_mcp.seed_scenario import ALIGNMENT, JUDGE
@@ -346,3 +347,6 @@ def test_maintain_command_prints_its_report_and_exits_as_documented(
     err = capsys.readouterr().err
     assert f"Bad setting store.data_dir: got '{nowhere}'" in err
     assert "existing store" in err
+    # A grace shorter than a minute could prune a version from under a reader: refused at start.
+    with pytest.raises(SettingsError, match=r"Bad setting store\.keep_versions_s: got 5\.?0?; expected .*60"):
+        load_settings(CONFIG, env={}, overrides={"store.keep_versions_s": 5})

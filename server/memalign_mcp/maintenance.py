@@ -92,7 +92,8 @@ def maintenance_steps(keep: timedelta) -> list[Step]:
     return [
         Step("compact", _compact),
         Step("scalar_indexes", _scalar_indexes),
-        # The ANN index goes here, after compaction (it indexes the compacted fragments), before pruning.
+        # The ANN index goes here, as Step("vector_index", MemoryStore.ensure_vector_index): after compaction
+        # (it indexes the compacted fragments), before pruning (which frees the files it replaced).
         Step("prune", partial(_prune, keep=keep)),
     ]
 
