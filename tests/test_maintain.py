@@ -273,8 +273,8 @@ def test_maintenance_beside_a_writer_in_another_process_loses_no_acknowledged_co
             reports.append(Maintainer(here.store, keep=timedelta(seconds=3)).run().as_dict())
         log.extend(other.kill())
     assert [r["outcome"] for r in reports] == ["done"] * 6, reports
-    pruned = [r["steps"][2]["detail"].split(" ")[1:4:2] for r in reports]
-    assert any(int(after) < int(before) for before, after in pruned), pruned  # it pruned, not only compacted
+    pruned = [int(r["steps"][2]["detail"].split(" ")[0]) for r in reports]
+    assert sum(pruned) > 0, reports  # it pruned versions while the other process wrote, not only compacted
     present: set[str] = set()
     absent: set[str] = set()
     for line in log:

@@ -112,11 +112,13 @@ class CommitLog:
         """How many versions of the log are kept."""
         return len(self._table.list_versions())
 
-    def prune(self, cutoff: Callable[[Sequence[datetime]], datetime | None], margin: timedelta) -> None:
-        """Prune the versions made before `cutoff(creation times)` (the store's rule), keeping `margin` more."""
-        before = cutoff([v["timestamp"] for v in self._table.list_versions()])
+    def prune(self, cutoff: Callable[[Sequence[datetime]], datetime | None], margin: timedelta) -> int:
+        """Prune the versions made before `cutoff(creation times)`, keeping `margin` more; how many went."""
+        versions = self._table.list_versions()
+        before = cutoff([v["timestamp"] for v in versions])
         if before is not None:
             self.optimize(datetime.now(UTC) - before + margin)
+        return len({v["version"] for v in versions} - {v["version"] for v in self._table.list_versions()})
 
     # --- the lease ----------------------------------------------------------------------------------------
 

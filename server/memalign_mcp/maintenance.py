@@ -72,11 +72,9 @@ def _scalar_indexes(store: MemoryStore) -> str:
 
 
 def _prune(store: MemoryStore, keep: timedelta) -> str:
-    before = store.versions()
-    store.prune(partial(prune_before, now=datetime.now(UTC), keep=keep))
-    return (
-        f"versions {before} -> {store.versions()} (kept: superseded less than {keep.total_seconds():g} s ago)"
-    )
+    gone = store.prune(partial(prune_before, now=datetime.now(UTC), keep=keep))
+    kept = store.versions()
+    return f"{gone} versions pruned, {kept} kept (superseded less than {keep.total_seconds():g} s ago)"
 
 
 @dataclass(frozen=True)

@@ -325,16 +325,19 @@ class MemoryStore:
         """How many versions both tables keep."""
         return len(self._memory.list_versions()) + self.log.versions()
 
-    def prune(self, cutoff: Callable[[Sequence[datetime]], datetime | None]) -> None:
-        """Prune the versions of both tables made before `cutoff(their creation times)` (maintenance.py's rule).
+    def prune(self, cutoff: Callable[[Sequence[datetime]], datetime | None]) -> int:
+        """Prune the versions of both tables made before `cutoff(their creation times)`; how many went.
 
-        Files that no version lists (a write in flight elsewhere) are never touched: `delete_unverified` is off.
+        `cutoff` is maintenance.py's rule. Files that no version lists (a write in flight elsewhere) are never
+        touched: `delete_unverified` is off.
         """
-        before = cutoff([v["timestamp"] for v in self._memory.list_versions()])
+        versions = self._memory.list_versions()
+        before = cutoff([v["timestamp"] for v in versions])
         if before is not None:
             older = datetime.now(UTC) - before + _CUTOFF_MARGIN
             self._retry(lambda: self._memory.optimize(cleanup_older_than=older))
-        self.log.prune(cutoff, _CUTOFF_MARGIN)
+        gone = {v["version"] for v in versions} - {v["version"] for v in self._memory.list_versions()}
+        return len(gone) + self.log.prune(cutoff, _CUTOFF_MARGIN)
 
     def erasing(self) -> Any:
         """Hold the purge lease while no maintenance step runs (see CommitLog.erasing)."""
