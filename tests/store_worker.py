@@ -5,7 +5,10 @@ Protocol (one JSON object per stdin line; one reply line on stdout per command):
   "AT <step>" and wait for a line "GO" before going on. Replies "OK".
 - {"call": "add_feedback", "args": {...}}: replies "OK <result JSON>" or "ERR <error type>: <message>".
 - {"stream": {"seed": 1, "start": 0}}: adds and removes feedback forever, printing "ACK add <id>" and
-  "ACK remove <id>" only after each call returned, and "BEGIN remove <id>" before a removal (for SIGKILL loops).
+  "ACK remove <id>" only after each call returned, and "BEGIN remove <id>" before a removal (for SIGKILL loops);
+  `"purge": false` makes every removal a plain one.
+- {"maintain": {"pause_at": "compact", "lease_ttl_s": 60}}: one maintenance run; with `pause_at` it prints
+  "AT maintain:<step>" before that step (the lease held) and waits for "GO". Replies "OK <report JSON>".
 The model is the support-desk script run in-process, so starting this worker does not import litellm.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import HashingEmbedder
 from memalign_mcp.engine import open_engine
 from memalign_mcp.errors import MemAlignError
+from memalign_mcp.maintenance import LEASE_TTL_S, Maintainer
 from memalign_mcp.seed_scenario import ALIGNMENT, JUDGE
 from memalign_mcp.settings import load_settings
 from support_desk_model import support_desk
@@ -50,7 +55,7 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _stream(engine: MemAlignService, seed: int, start: int) -> None:
+def _stream(engine: MemAlignService, seed: int, start: int, purge: bool = True) -> None:
     rng = random.Random(seed)
     added: list[str] = [i for i in engine.state(JUDGE).feedback if i.startswith("s-")]
     n = start
@@ -58,7 +63,7 @@ def _stream(engine: MemAlignService, seed: int, start: int) -> None:
         if added and rng.random() < 0.3:
             victim = added.pop(rng.randrange(len(added)))
             _say(f"BEGIN remove {victim}")
-            engine.remove_feedback(JUDGE, [victim], purge=rng.random() < 0.2)
+            engine.remove_feedback(JUDGE, [victim], purge=purge and rng.random() < 0.2)
             _say(f"ACK remove {victim}")
         else:
             batch = [stream_item(n + k) for k in range(rng.randint(1, 3))]
@@ -67,6 +72,19 @@ def _stream(engine: MemAlignService, seed: int, start: int) -> None:
             added.extend(i["id"] for i in batch)
             for item in batch:
                 _say(f"ACK add {item['id']}")
+
+
+def _maintain(engine: MemAlignService, pause_at: str | None = None, lease_ttl_s: float = LEASE_TTL_S) -> None:
+    maintainer = Maintainer(engine.store, keep=timedelta(minutes=10), lease_ttl_s=lease_ttl_s)
+
+    def on_step(step: str) -> None:
+        if step == pause_at:
+            _say(f"AT maintain:{step}")
+            if sys.stdin.readline().strip() != "GO":
+                raise SystemExit("expected GO")
+
+    maintainer.on_step = on_step
+    _say("OK " + json.dumps(maintainer.run().as_dict()))
 
 
 def main() -> None:
@@ -89,7 +107,9 @@ def main() -> None:
             pause_at.add(command["pause_at"])
             _say("OK")
         elif "stream" in command:
-            _stream(engine, command["stream"]["seed"], command["stream"]["start"])
+            _stream(engine, **command["stream"])
+        elif "maintain" in command:
+            _maintain(engine, **command["maintain"])
         else:
             try:
                 result = getattr(engine, command["call"])(**command["args"])

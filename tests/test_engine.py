@@ -400,15 +400,6 @@ def test_a_store_refuses_vectors_of_another_embedding_model(engines: EngineFacto
     assert engines.open(HashingEmbedder(), with_model=False).list_feedback(JUDGE).total == 5
 
 
-def test_many_small_writes_are_compacted_by_housekeeping(engines: EngineFactory) -> None:
-    engine = engines.open(with_model=False)
-    for n in range(120):
-        engine.add_feedback(JUDGE, [{**ALIGNMENT[0], "id": f"i{n}", "inputs": f"item {n}"}])
-    # One fragment per commit would be 120 or more; housekeeping compacted them on the 100th write.
-    assert engine.store.fragments() < 30
-    assert engine.list_feedback(JUDGE).total == 120
-
-
 def test_distillation_batches_run_concurrently_and_a_failed_batch_leaves_only_its_items_pending(
     engines: EngineFactory, model: ScriptedModelServer
 ) -> None:

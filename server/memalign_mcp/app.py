@@ -36,6 +36,7 @@ from memalign_mcp.judge_server import (
     Ctx,
     EngineHandle,
     JudgeServer,
+    maintain_in_background,
     open_default_engine,
 )
 from memalign_mcp.judge_server import caller_name as _who
@@ -146,10 +147,16 @@ def build_server(
     @asynccontextmanager
     async def lifespan(_: MCPServer[EngineHandle]) -> AsyncGenerator[EngineHandle]:
         handle = EngineHandle()
+        stop = anyio.Event()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(handle.open, partial(engine_factory, settings))
-            yield handle
-            # Leaving waits for an open still in progress: a worker thread cannot be interrupted.
+            tasks.start_soon(maintain_in_background, handle, settings, stop)
+            try:
+                yield handle
+            finally:
+                # Leaving waits for an open still in progress, and for a maintenance step: neither's thread
+                # can be interrupted.
+                stop.set()
 
     server = JudgeServer(
         "memalign-mcp",

@@ -1,4 +1,4 @@
-"""The `memalign-mcp` command line: `serve` runs the MCP server over stdio or streamable HTTP.
+"""The `memalign-mcp` command line: `serve` runs the MCP server over stdio or streamable HTTP; `maintain` tidies the store.
 
 This module owns argument parsing, logging set-up and exit codes: settings come from the config file, then
 MEMALIGN_* variables, then flags, and a bad setting prints its message to stderr and exits 2. It must never
@@ -20,7 +20,9 @@ from memalign_mcp.errors import SettingsError
 from memalign_mcp.settings import Settings, load_settings
 
 EXIT_OK = 0
+EXIT_MAINTENANCE_FAILED = 1  # `maintain`: a step failed (the others ran; see the report)
 EXIT_BAD_SETTING = 2
+EXIT_NOT_MAINTAINED = 3  # `maintain`: another maintainer holds the lease, or a purge runs: run again later
 EXIT_INTERRUPTED = 130
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -172,6 +174,50 @@ def _add_eval(commands: Any) -> None:
     parser.set_defaults(command=_eval)
 
 
+def _maintain(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the maintenance steps once, unless another process is maintaining the store."""
+    import json
+    from datetime import timedelta
+    from pathlib import Path
+
+    from memalign_mcp.engine import open_store  # lancedb: only once the arguments are read
+    from memalign_mcp.errors import MemAlignError
+    from memalign_mcp.maintenance import Maintainer
+
+    uri = settings.store.resolved_uri()
+    if "://" not in uri and not Path(uri).is_dir():
+        raise SettingsError(
+            "store.data_dir", str(Path(uri).parent), "the data directory of an existing store (--data-dir)"
+        )
+    try:
+        store = open_store(settings, any_embedding=True)  # maintenance embeds nothing
+    except MemAlignError as exc:
+        print(f"memalign-mcp: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    report = Maintainer(store, keep=timedelta(seconds=settings.store.keep_versions_s)).run()
+    print(json.dumps(report.as_dict()) if args.json else report.text())
+    if report.outcome in ("lease_held", "purge_running", "lease_lost"):
+        return EXIT_NOT_MAINTAINED
+    return EXIT_OK if report.outcome == "done" else EXIT_MAINTENANCE_FAILED
+
+
+def _add_maintain(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "maintain",
+        help="compact the store, refresh its indexes and prune old versions",
+        description=(
+            "Maintain the store once: compact small fragments, build or refresh the scalar indexes, prune "
+            "versions superseded more than [store] keep_versions_s ago. Safe beside running servers; one "
+            "process maintains at a time. Exit status: 0 done, 1 a step failed (the others ran), 2 bad "
+            "setting, 3 not done because another maintainer holds the lease or a purge is running (run again "
+            "later). For cron, with [store] maintain_interval_s = 0 in the servers' config."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_settings_flags(parser, log_level="WARNING")
+    parser.set_defaults(command=_maintain)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted settings keys from the flags that were given; absent flags leave file and environment alone."""
     return {
@@ -195,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_demo(commands)
     _add_eval(commands)
+    _add_maintain(commands)
     return parser
 
 

@@ -56,6 +56,23 @@ def read_judge_files(directory: Path | None) -> list[JudgeSpec]:
     return specs
 
 
+def open_store(
+    settings: Settings, embedder: Embedder | None = None, *, any_embedding: bool = False
+) -> MemoryStore:
+    """The store the settings name, refused if built with another embedding model unless `any_embedding`."""
+    embedder = embedder or make_embedder(settings)
+    uri = settings.store.resolved_uri()
+    return MemoryStore(
+        uri,
+        embedding_name=embedder.name,
+        embedding_dim=lambda: embedder.dim,
+        any_embedding=any_embedding,
+        vector_index_min_rows=settings.memory.vector_index_min_rows,
+        index_cache_mb=settings.store.index_cache_mb,
+        storage_options=settings.store.lance_storage_options(),
+    )
+
+
 def open_engine(
     settings: Settings, *, embedder: Embedder | None = None, client: ModelClient | None = None
 ) -> MemAlignService:
@@ -64,14 +81,7 @@ def open_engine(
     uri = settings.store.resolved_uri()
     if not settings.store.is_remote():
         Path(uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    store = MemoryStore(
-        uri,
-        embedding_name=embedder.name,
-        embedding_dim=lambda: embedder.dim,
-        vector_index_min_rows=settings.memory.vector_index_min_rows,
-        index_cache_mb=settings.store.index_cache_mb,
-        storage_options=settings.store.lance_storage_options(),
-    )
+    store = open_store(settings, embedder)
     service = MemAlignService(settings, store, embedder, client or make_client(settings))
     migrate_0_1(store, service.ledger)
     for spec in read_judge_files(settings.judges_path()):

@@ -175,7 +175,7 @@ class HistoryService(JudgeService):
                 return Change(op="purge", summary=Summary(purged=tuple(ids)))
 
             self.ledger.change(name, tombstone, who=who)
-        with self.store.exclusive():
+        with self.store.erasing():  # the purge lease, and no maintenance step running
             state = self.ledger.state(name, fresh=True)
             rows = self.store.rows_of_generation(name, state.gen, content=False)
             # Commits read after the rows: every row seen whose transaction committed has its commit here

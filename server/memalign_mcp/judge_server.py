@@ -102,6 +102,24 @@ def open_default_engine(settings: Settings) -> MemAlignService:
     return engine
 
 
+async def maintain_in_background(handle: EngineHandle, settings: Settings, stop: anyio.Event) -> None:
+    """Maintain the store on a thread of its own while the server runs, never on a tool call, until `stop`."""
+    if settings.store.maintain_interval_s <= 0:
+        return  # left to `memalign-mcp maintain` (cron)
+    try:
+        engine = await handle.get()
+    except EngineUnavailableError:
+        return  # every tool says why; there is nothing to maintain
+    from memalign_mcp.maintenance import BackgroundMaintenance  # the store's module: load it late
+
+    background = BackgroundMaintenance(engine.store, settings.store).start()
+    try:
+        await stop.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(background.stop)
+
+
 Ctx = Context[EngineHandle, Any]
 
 

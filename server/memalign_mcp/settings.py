@@ -146,6 +146,15 @@ class StoreSettings(_Section):
     index_cache_mb: int = Field(
         default=16, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
     )
+    maintain_interval_s: float = Field(
+        default=600.0, ge=0, description="serve maintains the store this often in the background; 0: never."
+    )
+    maintain_after_writes: int = Field(
+        default=100, ge=0, description="...and after this many writes of its own (0: on the interval only)."
+    )
+    keep_versions_s: float = Field(
+        default=600.0, ge=60, description="Old store versions are pruned once superseded this long."
+    )
 
     def resolved_uri(self) -> str:
         """The LanceDB URI to open: `<data_dir>/lancedb`, on local disk or in a bucket alike."""

@@ -22,7 +22,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lancedb  # pyright: ignore[reportMissingTypeStubs]
@@ -50,13 +50,13 @@ _COMMITS = "commits"
 _META = "store_meta"
 log = logging.getLogger(__name__)
 _COMMIT_RETRIES = 20
-# Rows outside the scalar indexes that a filter may scan before the indexes are rebuilt.
+# Rows outside the scalar indexes that a filter may scan before maintenance rebuilds the indexes.
 _UNINDEXED_ROWS = 2_000
-# Every write adds a fragment and a version: compact and prune after this many writes of this process.
-_TIDY_EVERY = 100
-# Versions younger than this are kept, so readers in other processes never lose the version they read.
-_KEEP_VERSIONS = timedelta(hours=1)
 _REASON_CHARS = 300  # of a LanceDB error quoted in ours (its own can run to kilobytes)
+# Compaction without pruning: LanceDB's optimize prunes versions older than this, i.e. none.
+_NEVER = timedelta(days=36_500)
+# Lance's clock runs on after we compute a cutoff: keep this much more so the version we meant stays.
+_CUTOFF_MARGIN = timedelta(seconds=1)
 
 
 def _in(column: str, values: Iterable[str]) -> str:
@@ -75,6 +75,7 @@ class MemoryStore:
         vector_index_min_rows: int = 20_000,
         index_cache_mb: int | None = None,
         storage_options: Mapping[str, str] | None = None,
+        any_embedding: bool = False,
     ) -> None:
         """Open (or create) the store. `embedding_dim` may be a callable, asked only for a new store.
 
@@ -82,13 +83,15 @@ class MemoryStore:
         `index_cache_mb`: LanceDB's index cache in this process (None: LanceDB's default, gigabytes).
 
         A remote embedder learns its dimension by embedding a probe text; a store that recorded it already
-        must not make every restart pay for that request. `storage_options` go to LanceDB as they are (an
+        must not make every restart pay for that request. `any_embedding` takes the recorded model whatever
+        is configured, for work that embeds nothing (maintenance). `storage_options` go to LanceDB as they are (an
         object store's endpoint, region, keys); the standard AWS_* variables are read by LanceDB itself.
         Their values are never logged or put in an error.
         """
         self.uri = uri
         self.embedding_name = embedding_name
         self.vector_index_min_rows = vector_index_min_rows
+        self._any_embedding = any_embedding
         self._secrets = [v for v in (storage_options or {}).values() if len(v) >= 4]
         self._write_lock = threading.RLock()
         try:
@@ -111,8 +114,10 @@ class MemoryStore:
             self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
         except (OSError, RuntimeError, ValueError) as exc:
             raise self.unavailable("opened", exc) from exc
-        self._writes = 0
         self._held = threading.local()  # the lease this thread holds, if any (see exclusive)
+        # Told of every write (rows written) after it is done; the background maintainer listens here.
+        # It must be cheap and never touch the store: it runs on the writer's (a user's) call.
+        self.on_write: Callable[[int], None] | None = None
         self._index_memory(only_missing=True)
 
     # --- layout -------------------------------------------------------------------------------------------
@@ -149,6 +154,9 @@ class MemoryStore:
             return dim
         recorded_model = found.get("embedding_model")
         recorded_dim = int(found.get("dim", "0"))
+        if self._any_embedding and recorded_model:
+            self.embedding_name = recorded_model
+            return recorded_dim
         dim = embedding_dim if isinstance(embedding_dim, int) else recorded_dim
         if recorded_model != self.embedding_name or recorded_dim != dim:
             raise EmbeddingMismatchError(
@@ -241,7 +249,7 @@ class MemoryStore:
                 )
                 self._memory.add(table)
             won = self.log.claim(commit)
-            self._after_write()
+        self._wrote(len(rows))
         if not won and rows:
             self.delete_orphans([commit.txn])
         return won
@@ -253,14 +261,18 @@ class MemoryStore:
             self.wait_for_lease()
             with self._write_lock:
                 self._retry(lambda w=where: self._memory.delete(w))
-                self._count_write()
+            self._wrote(0)
 
     def delete_generation(self, judge: str, gen: str) -> None:
         """Delete every data row of a judge generation (after the commit that deleted the judge hid them)."""
         self.wait_for_lease()
         with self._write_lock:
             self._retry(lambda: self._memory.delete(f"judge = {_q(judge)} AND gen = {_q(gen)}"))
-            self._count_write()
+        self._wrote(0)
+
+    def _wrote(self, rows: int) -> None:
+        if self.on_write is not None:
+            self.on_write(rows)
 
     @staticmethod
     def _txn_range(txn: str) -> str:
@@ -338,70 +350,75 @@ class MemoryStore:
     def ensure_vector_index(self, *, rebuild: bool = False) -> bool:
         """Build the ANN index once the table holds `vector_index_min_rows` feedback rows, and rebuild it when
         many rows are outside it (or, with `rebuild`, whenever one exists); True when it was (re)built now.
-        Idempotent; called by housekeeping, and by erase with `rebuild`."""
+        Idempotent; a maintenance step, and erase's with `rebuild`."""
         feedback = int(self._memory.count_rows("kind = 'feedback'"))
-        with self._write_lock:
-            built: list[bool] = []
-            self._retry(
-                lambda: built.append(
-                    ensure_vector_index(
-                        self._memory,
-                        lambda n: IvfSq(distance_type="cosine", num_partitions=n),
-                        feedback_rows=feedback,
-                        min_rows=self.vector_index_min_rows,
-                        rebuild=rebuild,
-                    )
+        # No write lock: a build takes minutes at 1M rows, and LanceDB arbitrates it against writers (a write
+        # committed meanwhile stays outside the index until the next build, and search covers unindexed rows).
+        built: list[bool] = []
+        self._retry(
+            lambda: built.append(
+                ensure_vector_index(
+                    self._memory,
+                    lambda n: IvfSq(distance_type="cosine", num_partitions=n),
+                    feedback_rows=feedback,
+                    min_rows=self.vector_index_min_rows,
+                    rebuild=rebuild,
                 )
             )
+        )
         return bool(built and built[-1])
 
-    # --- scalar indexes and housekeeping ------------------------------------------------------------------
+    # --- scalar indexes and maintenance: maintenance.py's primitives, never run on a user's call ------------
+    # They take no write lock: LanceDB arbitrates them against writers of this process as of any other.
 
-    def _index_memory(self, *, only_missing: bool = False) -> None:
+    def _index_memory(self, *, only_missing: bool = False) -> list[str]:
         """Build the B-tree on `id` and the bitmaps on `judge` and `kind` (all, or only the missing ones)."""
-        with self._write_lock:
-            have = {ix.columns[0] for ix in self._memory.list_indices()} if only_missing else set[str]()
-            for column, config in (("id", BTree()), ("judge", Bitmap()), ("kind", Bitmap())):
-                if column not in have:
-                    self._retry(
-                        lambda c=column, k=config: self._memory.create_index(c, config=k, replace=True)
-                    )
+        have = {ix.columns[0] for ix in self._memory.list_indices()} if only_missing else set[str]()
+        todo = [
+            (c, k) for c, k in (("id", BTree()), ("judge", Bitmap()), ("kind", Bitmap())) if c not in have
+        ]
+        for column, config in todo:
+            self._retry(lambda c=column, k=config: self._memory.create_index(c, config=k, replace=True))
+        return [c for c, _ in todo]
 
-    def _count_write(self) -> None:
-        """Count a commit of this process; every _TIDY_EVERY commits, tidy the store."""
-        self._writes += 1
-        if self._writes % _TIDY_EVERY == 0:
-            self.tidy()
+    def compact(self) -> None:
+        """Merge small fragments of both tables and fold new rows into the scalar indexes; prune nothing."""
+        self._retry(lambda: self._memory.optimize(cleanup_older_than=_NEVER))
+        self.log.optimize(_NEVER)
 
-    def _after_write(self) -> None:
-        """Keep a long-lived store fast: indexes rebuilt when stale, small fragments compacted now and then."""
-        self._writes += 1
+    def refresh_indexes(self) -> tuple[list[str], int]:
+        """Build missing scalar indexes, rebuild them when many rows are unindexed; (built, rows unindexed)."""
+        built = self._index_memory(only_missing=True)
         stats = self._memory.index_stats("id_idx")
-        if stats is None or stats.num_unindexed_rows > _UNINDEXED_ROWS:
-            self._index_memory()
-        if self._writes % _TIDY_EVERY == 0:
-            self.tidy()
+        if stats is not None and stats.num_unindexed_rows > _UNINDEXED_ROWS:
+            built = self._index_memory()
+            stats = self._memory.index_stats("id_idx")
+        return built, int(stats.num_unindexed_rows) if stats is not None else 0
 
-    def tidy(self) -> None:
-        """Compact small fragments, prune versions older than an hour, keep the ANN index fresh (housekeeping).
+    def versions(self) -> int:
+        """How many versions both tables keep."""
+        return len(self._memory.list_versions()) + self.log.versions()
 
-        Each write makes a fragment and a version; without this, reads slow down as they pile up. Compaction
-        racing other processes' appends was measured safe (LanceDB retries or rebases it); a conflict only
-        postpones the work. Skipped while a purge holds the lease (the purge compacts and prunes itself).
-        Files that no version lists (a write in flight elsewhere) are never touched: `delete_unverified` is off.
+    def prune(self, cutoff: Callable[[Sequence[datetime]], datetime | None]) -> int:
+        """Prune the versions of both tables made before `cutoff(their creation times)`; how many went.
+
+        `cutoff` is maintenance.py's rule. Files that no version lists (a write in flight elsewhere) are never
+        touched: `delete_unverified` is off.
         """
-        if self.lease_holder() is not None:
-            return
-        with self._write_lock:
-            try:
-                self._memory.optimize(cleanup_older_than=_KEEP_VERSIONS)
-                self.log.tidy(_KEEP_VERSIONS)
-                self.ensure_vector_index()
-            except (RuntimeError, OSError) as exc:
-                log.warning("store housekeeping postponed: %s", exc)
+        versions = self._memory.list_versions()
+        before = cutoff([v["timestamp"] for v in versions])
+        if before is not None:
+            older = datetime.now(UTC) - before + _CUTOFF_MARGIN
+            self._retry(lambda: self._memory.optimize(cleanup_older_than=older))
+        gone = {v["version"] for v in versions} - {v["version"] for v in self._memory.list_versions()}
+        return len(gone) + self.log.prune(cutoff, _CUTOFF_MARGIN)
+
+    def erasing(self) -> Any:
+        """Hold the purge lease while no maintenance step runs (see CommitLog.erasing)."""
+        return self.log.erasing()
 
     def fragments(self) -> int:
-        """How many data fragments the memory table has (for tests and benchmarks of housekeeping)."""
+        """How many data fragments the memory table has."""
         return int(self._latest_metadata().get("total_fragments", "0"))
 
     def _latest_metadata(self) -> dict[str, str]:
