@@ -8,7 +8,6 @@ request without a valid token gets 401 with the SDK's protected-resource metadat
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,11 +27,7 @@ from test_transports import (
     CALL_DEADLINE_S,
     CONTRACT_TOOLS,
     FEEDBACK,
-    REPO,
-    SERVER,
-    clean_env,
-    free_port,
-    wait_until_listening,
+    serving_http,
 )
 
 pytestmark = pytest.mark.anyio
@@ -130,27 +125,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("auth")
     tokens = root / "tokens.toml"
     tokens.write_text("\n".join(c.toml() for c in CALLERS))
-    port = free_port()
-    log = root / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SERVER), "serve", "--transport", "http", "--port", str(port), "--log-level", "DEBUG"],
-            cwd=REPO,
-            env=clean_env(root / "data") | {"MEMALIGN_TOKENS_FILE": str(tokens)},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_listening(process, port, log)
-        yield Served(f"http://127.0.0.1:{port}/mcp", log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving_http(root, "--log-level", "DEBUG", env={"MEMALIGN_TOKENS_FILE": str(tokens)}) as served:
+        yield Served(served.url, served.log)
 
 
 @asynccontextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,7 +30,11 @@ from memalign_mcp.limits import ModelBusyError, ModelGate, RateLimitedError, Rat
 from memalign_mcp.llm import Completion
 from memalign_mcp.settings import Settings, load_settings
 from support_desk_model import support_desk
-from test_transports import CALL_DEADLINE_S, REPO, SERVER, clean_env, free_port, wait_until_listening
+from test_transports import (
+    CALL_DEADLINE_S,
+    REPO,
+    serving_http,
+)
 
 pytestmark = pytest.mark.anyio
 CONFIG = REPO / "configs" / "default.toml"
@@ -338,27 +341,8 @@ def limited_http(tmp_path: Path) -> Iterator[str]:
     """`memalign-mcp serve --transport http` with 2 tool calls a minute and 64 KiB bodies; yields its URL."""
     config = tmp_path / "config.toml"
     config.write_text("[limits]\nrequests_per_minute = 2\nmax_request_bytes = 65536\n")
-    port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SERVER), "serve", "--transport", "http", "--port", str(port), "--config", str(config)],
-            cwd=REPO,
-            env=clean_env(tmp_path / "data"),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_listening(process, port, log)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving_http(tmp_path, "--config", str(config)) as served:
+        yield served.url
 
 
 async def test_over_http_a_caller_is_rate_limited_and_a_huge_body_gets_413(limited_http: str) -> None:

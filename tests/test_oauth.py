@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -24,7 +23,11 @@ import httpx2
 import pytest
 
 from test_http_auth import TOOL_SCOPES, connect, text_of
-from test_transports import CALL_DEADLINE_S, REPO, SERVER, clean_env, free_port, wait_until_listening
+from test_transports import (
+    CALL_DEADLINE_S,
+    free_port,
+    serving_http,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -124,30 +127,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         'oauth_client_id = "memalign-rs"\n'
         'oauth_scope_prefix = "memalign:"\n'
     )
-    log = root / "server.log"
-    env = clean_env(root / "data") | {
-        "MEMALIGN_CONFIG": str(config),
-        "MEMALIGN_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
-    }
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SERVER), "serve", "--transport", "http", "--port", str(port), "--log-level", "DEBUG"],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    secret = {"MEMALIGN_CONFIG": str(config), "MEMALIGN_OAUTH_CLIENT_SECRET": CLIENT_SECRET}
     try:
-        wait_until_listening(process, port, log)
-        yield Served(resource, log, authority)
+        with serving_http(root, "--log-level", "DEBUG", env=secret, port=port) as served:
+            yield Served(resource, served.log, authority)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         httpd.shutdown()
         httpd.server_close()
 

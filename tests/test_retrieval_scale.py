@@ -175,3 +175,29 @@ def test_a_removed_item_is_never_returned_after_remove_feedback(
         used = who.score(JUDGE, text, "Answer 42").examples_used
         assert len(used) == 5
         assert "a-42" not in used
+
+
+def test_a_judge_holding_most_of_the_table_filters_after_the_index_search(
+    crowded: MemAlignService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The big judge holds just over half of the table's feedback rows, its neighbour just under: the first is
+    # searched with the filter after the index search (cheap at 1M rows), the second with a prefilter. Either
+    # way only the judge's own live rows come back.
+    engine = crowded
+    searches: list[tuple[str, bool]] = []
+    original = engine.store.search_feedback
+
+    def recorded(judge: str, gen: str, vector: Any, limit: int, *, ann: bool, prefilter: bool = True) -> Any:
+        searches.append((judge, prefilter))
+        return original(judge, gen, vector, limit, ann=ann, prefilter=prefilter)
+
+    monkeypatch.setattr(engine.store, "search_feedback", recorded)
+    for judge, prefix in ((JUDGE, "a-"), (OTHER, "b-")):
+        state = engine.state(judge)
+        for n in range(40, 60):
+            found = engine.nearest(state, _query(engine, str(_item(n, "q")["inputs"])), 5, set())
+            assert len(found) == 5
+            assert all(x.row.judge == judge and x.row.item_id.startswith(prefix) for x in found)
+            assert all(x.row.key == state.feedback[x.row.item_id].key for x in found)
+    assert {p for j, p in searches if j == JUDGE} == {False}  # never needed the prefiltered search
+    assert {p for j, p in searches if j == OTHER} == {True}

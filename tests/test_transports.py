@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,23 +156,38 @@ def wait_until_listening(
         pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}")
 
 
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[str]:
-    """`memalign-mcp serve --transport http` on a free port; yields its MCP endpoint URL."""
-    port = free_port()
-    log = tmp_path / "server.log"
+@dataclass(frozen=True)
+class HttpServed:
+    """A running `serve --transport http`: its port and the file its log goes to."""
+
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """Its MCP endpoint."""
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+@contextmanager
+def serving_http(
+    root: Path, *args: str, env: Mapping[str, str] | None = None, port: int | None = None
+) -> Generator[HttpServed]:
+    """`memalign-mcp serve --transport http [args]` with its data and log under `root`, stopped on exit."""
+    port = port or free_port()
+    log = root / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(SERVER), "serve", "--transport", "http", "--port", str(port)],
+            [str(SERVER), "serve", "--transport", "http", "--port", str(port), *args],
             cwd=REPO,
-            env=clean_env(tmp_path / "data"),
+            env=clean_env(root / "data") | dict(env or {}),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
         wait_until_listening(process, port, log)
-        yield f"http://127.0.0.1:{port}/mcp"
+        yield HttpServed(port, log)
     finally:
         process.terminate()
         try:
@@ -178,6 +195,13 @@ def http_server(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    """`memalign-mcp serve --transport http` on a free port; yields its MCP endpoint URL."""
+    with serving_http(tmp_path) as served:
+        yield served.url
 
 
 async def test_serve_speaks_mcp_over_streamable_http(http_server: str) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from memalign_mcp.http_serving import loopback_security
 from memalign_mcp.settings import ServerSettings
-from test_transports import REPO, SERVER, clean_env, free_port, wait_until_listening
+from test_transports import SERVER, clean_env, serving_http
 
 DEADLINE_S = 60  # a hung server fails the test instead of stalling the run
 HEADER_TIMEOUT_S = 2.0
@@ -222,27 +222,8 @@ def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
         f"sse_idle_timeout_s = {SSE_IDLE_S}\nmax_connections = {MAX_CONNECTIONS}\n"
         f"[limits]\nmax_request_bytes = {MAX_BODY_BYTES}\n"
     )
-    port = free_port()
-    log = root / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SERVER), "serve", "--transport", "http", "--port", str(port), "--config", str(config)],
-            cwd=REPO,
-            env=clean_env(root / "data"),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until_listening(process, port, log)
-        yield Http(port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving_http(root, "--config", str(config)) as served:
+        yield Http(served.port, served.log)
 
 
 def trickle(http: Http, request: bytes) -> tuple[int, float]:

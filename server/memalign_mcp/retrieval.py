@@ -10,12 +10,13 @@ It reads; it never writes the store.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from memalign_mcp.memory_state import MemoryState
-from memalign_mcp.records import Neighbour, Vector
+from memalign_mcp.records import MemoryRow, Neighbour, Vector
 from memalign_mcp.settings import MemorySettings
 from memalign_mcp.store import MemoryStore
 from memalign_mcp.transaction import Ledger
@@ -23,6 +24,9 @@ from memalign_mcp.vector_snapshot import VectorSnapshot
 
 # Most extra candidates asked of the store for rows that are not live, before asking again for more.
 _OVERFETCH_CAP = 100
+# From this share of the table's feedback rows up, a judge is searched with the filter after the index search
+# (other judges' rows then take few of the places), not before it: a prefilter is evaluated over every row.
+_POSTFILTER_SHARE = 0.5
 # How long a process trusts what it read about the table's ANN index (another process's housekeeping builds it).
 _INDEX_RECHECK_S = 30.0
 
@@ -35,8 +39,8 @@ class Retrieval:
         self.store = store
         self.ledger = ledger
         self._snapshots: dict[str, tuple[tuple[str, int], VectorSnapshot]] = {}
-        # judge -> ((gen, seq), when read, stored feedback rows, table has an ANN index)
-        self._facts: dict[str, tuple[tuple[str, int], float, int, bool]] = {}
+        # judge -> ((gen, seq), when read, stored feedback rows, all judges' feedback rows, table has an index)
+        self._facts: dict[str, tuple[tuple[str, int], float, int, int, bool]] = {}
 
     def forget(self, judge: str) -> None:
         """Drop what is cached for a judge (it was deleted)."""
@@ -94,19 +98,22 @@ class Retrieval:
         live (superseded, removed without purge, orphans): as many more are asked for as the judge has such
         rows (up to a cap), those are dropped, and the search is asked again for more if too few remain.
         """
-        stored, indexed = self._store_facts(state)
+        stored, everyone, indexed = self._store_facts(state)
         dead = max(0, stored - len(state.feedback))
         ann = indexed and len(state.feedback) >= self.settings.vector_index_min_rows
         limit = k + len(exclude) + min(dead, _OVERFETCH_CAP)
+        if ann and everyone and stored / everyone >= _POSTFILTER_SHARE:
+            # Asked for enough places that other judges' rows, in proportion, still leave `limit` of ours.
+            wanted = math.ceil(limit * everyone / stored) + k
+            found = self.store.search_feedback(
+                state.judge, state.gen, vector, wanted, ann=True, prefilter=False
+            )
+            live = self._live(state, found, exclude)
+            if len(live) >= k:
+                return live[:k]
         while True:
             found = self.store.search_feedback(state.judge, state.gen, vector, limit, ann=ann)
-            live = [
-                Neighbour(row, similarity)
-                for row, similarity in found
-                if row.item_id not in exclude
-                and (current := state.feedback.get(row.item_id)) is not None
-                and current.key == row.key
-            ]
+            live = self._live(state, found, exclude)
             if len(live) >= k or (not ann and (len(found) < limit or limit >= stored)):
                 return live[:k]
             if ann:
@@ -114,17 +121,29 @@ class Retrieval:
             else:
                 limit *= 4
 
-    def _store_facts(self, state: MemoryState) -> tuple[int, bool]:
-        """(feedback row versions stored for the judge's generation, whether the table has an ANN index),
-        read once per memory version; the index's presence again after _INDEX_RECHECK_S."""
+    @staticmethod
+    def _live(state: MemoryState, found: list[tuple[MemoryRow, float]], exclude: set[str]) -> list[Neighbour]:
+        """The candidates that are the judge's live rows (not excluded), in the order found."""
+        return [
+            Neighbour(row, similarity)
+            for row, similarity in found
+            if row.item_id not in exclude
+            and (current := state.feedback.get(row.item_id)) is not None
+            and current.key == row.key
+        ]
+
+    def _store_facts(self, state: MemoryState) -> tuple[int, int, bool]:
+        """(feedback row versions stored for the judge's generation, and for every judge, whether the table has
+        an ANN index), read once per memory version; the index's presence again after _INDEX_RECHECK_S."""
         key = (state.gen, state.seq)
         now = time.monotonic()
         cached = self._facts.get(state.judge)
         if cached is None or cached[0] != key or now - cached[1] > _INDEX_RECHECK_S:
             stored = self.store.count_feedback_rows(state.judge, state.gen)
-            cached = (key, now, stored, self.store.has_vector_index())
+            everyone = self.store.count_all_feedback_rows()
+            cached = (key, now, stored, everyone, self.store.has_vector_index())
             self._facts[state.judge] = cached
-        return cached[2], cached[3]
+        return cached[2], cached[3], cached[4]
 
     def _snapshot(self, state: MemoryState) -> VectorSnapshot:
         rows = state.feedback_rows()

@@ -289,6 +289,10 @@ class MemoryStore:
 
     # --- memory rows --------------------------------------------------------------------------------------
 
+    def count_all_feedback_rows(self) -> int:
+        """How many feedback row versions the table holds, every judge's."""
+        return int(self._memory.count_rows("kind = 'feedback'"))
+
     def count_feedback_rows(self, judge: str, gen: str) -> int:
         """How many feedback row versions one judge generation has stored (orphans and old versions included)."""
         return int(self._memory.count_rows(f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"))
@@ -330,15 +334,17 @@ class MemoryStore:
     # --- vector search (vector_index.py) -------------------------------------------------------------------
 
     def search_feedback(
-        self, judge: str, gen: str, vector: Any, limit: int, *, ann: bool
+        self, judge: str, gen: str, vector: Any, limit: int, *, ann: bool, prefilter: bool = True
     ) -> list[tuple[MemoryRow, float]]:
         """Whole feedback row versions of one judge generation nearest the vector, with cosine similarity.
 
         Candidates only: orphans, superseded versions and removed items are among them (the caller keeps the
-        live ones). `ann` uses the vector index where the table has one; otherwise the search is exact.
+        live ones). `ann` uses the vector index where the table has one; otherwise the search is exact. Without
+        `prefilter`, other judges' rows take some of the `limit` places (see vector_index.nearest_rows).
         """
         where = f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"
-        found = nearest_rows(self._memory, np.asarray(vector, np.float32), where, limit, ann=ann)
+        vector = np.asarray(vector, np.float32)
+        found = nearest_rows(self._memory, vector, where, limit, ann=ann, prefilter=prefilter)
         distances = found.column("_distance").to_pylist()
         rows = rows_of(found.drop_columns(["_distance"]), self.dim)
         return [(r, 1.0 - float(d)) for r, d in zip(rows, distances, strict=True)]

@@ -56,12 +56,17 @@ def ensure_vector_index(
     return True
 
 
-def nearest_rows(table: Any, vector: Any, where: str, limit: int, *, ann: bool) -> Any:
+def nearest_rows(
+    table: Any, vector: Any, where: str, limit: int, *, ann: bool, prefilter: bool = True
+) -> Any:
     """The `limit` rows matching `where` nearest the vector by cosine, as an Arrow table with `_distance`.
 
     `ann` uses the vector index (when the table has one); otherwise the search is exact over the filtered rows.
+    Without `prefilter` the index finds the `limit` nearest rows of the whole table and `where` then drops
+    some: fewer may come back, but the filter is not evaluated over every row first (about 100 ms at 1M rows,
+    against 8 ms for the search itself, measured on 2026-12-01).
     """
     query = table.search(vector, vector_column_name="vector").distance_type("cosine")
-    query = query.where(where, prefilter=True).limit(limit)
+    query = query.where(where, prefilter=prefilter).limit(limit)
     query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR) if ann else query.bypass_vector_index()
     return query.to_arrow()
