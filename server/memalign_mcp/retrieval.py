@@ -27,7 +27,7 @@ _OVERFETCH_CAP = 100
 # From this share of the table's feedback rows up, a judge is searched with the filter after the index search
 # (other judges' rows then take few of the places), not before it: a prefilter is evaluated over every row.
 _POSTFILTER_SHARE = 0.5
-# How long a process trusts what it read about the table's ANN index (another process's housekeeping builds it).
+# How long a process trusts what it read about the table's ANN index (maintenance, maybe in another process, builds it).
 _INDEX_RECHECK_S = 30.0
 
 

@@ -23,7 +23,7 @@ INDEX_NAME = "vector_idx"
 NPROBES = 20
 REFINE_FACTOR = 5
 # Rebuild (retrain) the index when the rows outside it pass this share of the rows inside it. Fewer are added
-# to it by housekeeping's optimize; rows outside the index are still searched, exactly, so nothing is missed.
+# to it by maintenance's compaction; rows outside the index are still searched, exactly, so nothing is missed.
 _REBUILD_SHARE = 0.5
 IndexConfig = Callable[[int], Any]  # partitions -> LanceDB's index config (made by store.py)
 
