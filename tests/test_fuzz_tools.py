@@ -378,6 +378,9 @@ def test_a_lone_surrogate_anywhere_is_refused_naming_the_field_not_a_crash(fuzze
         ("create_judge", {"name": "fz-new", "instructions": "Is {{ outputs }} ok?" + LONE}, "instructions"),
         ("update_judge", {"judge": "fz-bool", "model": LONE}, "model"),
         ("score_response", {"judge": "fz-bool", "inputs": LONE, "outputs": "a"}, "inputs"),
+        # Found by the long run once the review tools were fuzzed too: a guideline text of lone surrogates.
+        ("add_guideline", {"judge": "fz-bool", "text": LONE * 300}, "Invalid text"),
+        ("review_guideline", {"judge": "fz-bool", "guideline_id": LONE, "action": "approve"}, "guideline"),
     ]
     for tool, arguments, named in cases:
         result = fuzzed.call(tool, arguments)

@@ -18,7 +18,15 @@ from memalign_mcp.errors import GuidelineNotFoundError, InvalidInputError
 from memalign_mcp.fence import prompt_markup_in
 from memalign_mcp.history import HistoryService
 from memalign_mcp.judge import listed_guideline
-from memalign_mcp.models import Guideline, GuidelineStatus, JudgeSpec, ReviewAction, ReviewedGuideline
+from memalign_mcp.models import (
+    NO_SURROGATES,
+    Guideline,
+    GuidelineStatus,
+    JudgeSpec,
+    ReviewAction,
+    ReviewedGuideline,
+    has_lone_surrogate,
+)
 from memalign_mcp.prompts import GUIDELINE_MAX_CHARS
 from memalign_mcp.records import MemoryRow, Summary
 from memalign_mcp.transaction import Change, MemoryState
@@ -75,6 +83,8 @@ def guideline_text(text: Any) -> str:
     """An operator's guideline text on one line (whitespace and newlines collapsed); refused when unusable."""
     if not isinstance(text, str):
         raise InvalidInputError("text", text, "the guideline's rule as a string")
+    if has_lone_surrogate(text):
+        raise InvalidInputError("text", text, NO_SURROGATES)
     clean = " ".join(text.split())
     if not clean:
         raise InvalidInputError("text", text, "a non-empty rule, e.g. 'Apologise before explaining a delay.'")
