@@ -16,8 +16,9 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, TextContent, TextResourceContents
+from mcp_types import TextContent, TextResourceContents
 
+from mcp_calls import ok, refused, text_of
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
 from memalign_mcp.errors import SettingsError
@@ -76,27 +77,6 @@ async def model_client(
     )
     async with Client(build_server(settings)) as connected:
         yield connected
-
-
-def text_of(result: CallToolResult) -> str:
-    """The text blocks of a tool result, joined."""
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-async def ok(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    """Call a tool that must succeed; its structured result."""
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, text_of(result)
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def refused(client: Client, tool: str, **arguments: Any) -> str:
-    """Call a tool that must fail with a tool error; the error's text."""
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, f"{tool} succeeded: {result.structured_content}"
-    assert result.structured_content is None  # never a failure dressed as a result
-    return text_of(result)
 
 
 async def make_judge(client: Client, name: str, **spec: Any) -> dict[str, Any]:

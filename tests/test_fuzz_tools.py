@@ -24,9 +24,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from mcp import Client
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult
 
 from in_process_model import InProcessModel
+from mcp_calls import text_of
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server
 from memalign_mcp.embeddings import HashingEmbedder
@@ -276,10 +277,6 @@ class Fuzzed:
                 self.ok("judge_history", judge=name, limit=500),
             ]
         return json.dumps(seen, sort_keys=True, default=str)
-
-
-def text_of(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
 
 
 @pytest.fixture(scope="module")

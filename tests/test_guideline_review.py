@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from mcp_types import CallToolResult, TextContent, TextResourceContents
+from mcp_types import TextResourceContents
 
+from mcp_calls import ok, refused
 from memalign_mcp.app import build_server
 from memalign_mcp.errors import GuidelineNotFoundError, InvalidInputError
 from memalign_mcp.seed_scenario import ALIGNMENT, JUDGE
@@ -64,28 +65,6 @@ async def client(
     )
     async with Client(build_server(settings)) as connected:
         yield connected
-
-
-def text_of(result: CallToolResult) -> str:
-    """The text blocks of a tool result, joined."""
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-async def ok(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    """Call a tool that must succeed; its structured result."""
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, text_of(result)
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def refused(client: Client, tool: str, **arguments: Any) -> str:
-    """Call a tool that must fail with a one-line tool error; the error's text."""
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, f"{tool} succeeded: {result.structured_content}"
-    text = text_of(result)
-    assert "\n" not in text.strip(), text
-    return text
 
 
 async def taught_reviewed_judge(client: Client, name: str, *items: dict[str, Any]) -> dict[str, Any]:

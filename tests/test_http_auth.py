@@ -20,8 +20,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, TextContent
 
+from mcp_calls import text_of
 from memalign_mcp.scopes import ALL_SCOPES, Scope
 from test_transports import (
     CALL_DEADLINE_S,
@@ -137,11 +137,6 @@ async def connect(url: str, secret: str) -> AsyncGenerator[Client]:
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         yield client
-
-
-def text_of(result: CallToolResult) -> str:
-    """The text blocks of a tool result, joined."""
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
 
 
 @pytest.fixture(scope="module")

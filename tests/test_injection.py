@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from mcp_types import CallToolResult, TextContent, TextResourceContents
+from mcp_types import TextResourceContents
 
+from mcp_calls import ok, text_of
 from memalign_mcp.app import build_server
 from memalign_mcp.distill import guideline_problem
 from memalign_mcp.settings import load_settings
@@ -135,19 +136,6 @@ async def client(
     )
     async with Client(build_server(settings)) as connected:
         yield connected
-
-
-def text_of(result: CallToolResult) -> str:
-    """The text blocks of a tool result, joined."""
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-async def ok(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    """Call a tool that must succeed; its structured result."""
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, text_of(result)
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 def fences(call: ChatCall) -> tuple[str, list[str], list[str]]:

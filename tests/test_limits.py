@@ -18,9 +18,9 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
-from mcp_types import CallToolResult, TextContent
 
 from in_process_model import InProcessModel
+from mcp_calls import ok, refused
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server
 from memalign_mcp.embeddings import HashingEmbedder
@@ -69,26 +69,6 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clie
     """An MCP client connected in memory to a server with low limits."""
     async with Client(build_server(low_settings(tmp_path_factory.mktemp("limits")))) as connected:
         yield connected
-
-
-def text_of(result: CallToolResult) -> str:
-    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
-
-
-async def ok(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert not result.is_error, text_of(result)
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-async def refused(client: Client, tool: str, **arguments: Any) -> str:
-    """The one-line error of a call that must be refused."""
-    result = await client.call_tool(tool, arguments)
-    assert result.is_error, f"{tool} succeeded: {result.structured_content}"
-    message = text_of(result)
-    assert "\n" not in message
-    return message
 
 
 async def listing(client: Client) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ import anyio
 import httpx2
 import pytest
 
-from test_http_auth import TOOL_SCOPES, connect, text_of
+from mcp_calls import text_of
+from test_http_auth import TOOL_SCOPES, connect
 from test_transports import (
     CALL_DEADLINE_S,
     free_port,
