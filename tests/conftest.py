@@ -47,6 +47,16 @@ def minilm() -> LocalMiniLMEmbedder:
     return embedder
 
 
+def scripted_overrides(server: ScriptedModelServer) -> dict[str, Any]:
+    """Dotted-key settings that make the scripted model every judge's model and the reflector, no retries."""
+    return {
+        "model.judge": "openai/scripted",
+        "model.api_base": server.base_url,
+        "model.api_key": "test",
+        "model.max_retries": 0,
+    }
+
+
 class EngineFactory:
     """Opens engines on one temporary data directory, as a fresh process would."""
 
@@ -58,12 +68,7 @@ class EngineFactory:
         """Dotted-key settings for this factory's store and, optionally, the scripted model."""
         base: dict[str, Any] = {"store.data_dir": str(self.data_dir)}
         if with_model and self.server is not None:
-            base |= {
-                "model.judge": "openai/scripted",
-                "model.api_base": self.server.base_url,
-                "model.api_key": "test",
-                "model.max_retries": 0,
-            }
+            base |= scripted_overrides(self.server)
         return base | overrides
 
     def open(

@@ -18,6 +18,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent, TextResourceContents
 
+from conftest import scripted_overrides
 from mcp_calls import ok, refused, text_of
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
@@ -69,10 +70,7 @@ async def model_client(
         overrides={
             "store.data_dir": str(tmp_path_factory.mktemp("model")),
             "embedding.model": "hashing",
-            "model.judge": SCRIPTED,
-            "model.api_base": model_server.base_url,
-            "model.api_key": "test",
-            "model.max_retries": 0,
+            **scripted_overrides(model_server),
         },
     )
     async with Client(build_server(settings)) as connected:

@@ -15,6 +15,7 @@ import pytest
 from mcp import Client
 from mcp_types import TextResourceContents
 
+from conftest import scripted_overrides
 from mcp_calls import ok, refused
 from memalign_mcp.app import build_server
 from memalign_mcp.errors import GuidelineNotFoundError, InvalidInputError
@@ -57,10 +58,7 @@ async def client(
         overrides={
             "store.data_dir": str(tmp_path_factory.mktemp("review")),
             "embedding.model": "hashing",
-            "model.judge": "openai/scripted",
-            "model.api_base": model_server.base_url,
-            "model.api_key": "test",
-            "model.max_retries": 0,
+            **scripted_overrides(model_server),
         },
     )
     async with Client(build_server(settings)) as connected:

@@ -20,6 +20,7 @@ import pytest
 from mcp import Client
 from mcp_types import TextResourceContents
 
+from conftest import scripted_overrides
 from mcp_calls import ok, text_of
 from memalign_mcp.app import build_server
 from memalign_mcp.distill import guideline_problem
@@ -126,10 +127,7 @@ async def client(
         overrides={
             "store.data_dir": str(tmp_path_factory.mktemp("injection")),
             "embedding.model": "hashing",
-            "model.judge": "openai/scripted",
-            "model.api_base": model_server.base_url,
-            "model.api_key": "test",
-            "model.max_retries": 0,
+            **scripted_overrides(model_server),
             "memory.guideline_cap": 2,
             "memory.max_field_chars": MAX_FIELD_CHARS,
         },
