@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from memalign_mcp.errors import InvalidInputError, SettingsError
+from memalign_mcp.heap import give_back_free_memory
+from memalign_mcp.onnx_lookup import look_up_before_dequantizing
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -207,6 +210,8 @@ class LocalMiniLMEmbedder:
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
             result[chosen] = self._embed_batch(loaded, [token_ids[index] for index in chosen])
+        if len(items) > 1:
+            give_back_free_memory()  # a batch's buffers are megabytes, freed but kept by malloc; a query's are not
         return result
 
     def _embed_batch(self, loaded: _Loaded, token_ids: list[npt.NDArray[Any]]) -> Vectors:
@@ -256,14 +261,18 @@ class LocalMiniLMEmbedder:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: the default prints graph warnings on every load
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No arena: it would keep the largest batch's buffers (about 40 MiB after a batch of 32 long texts)
+        # for the life of the process; a query costs the same without it (BENCHMARKS.md, retrieval at scale).
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         try:
-            session = onnxruntime.InferenceSession(
-                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = _open_session(self.model_path, options)
         except Exception as error:  # onnxruntime raises its own untyped errors for unreadable models
             raise SettingsError(
                 "embedding.model", str(self.model_path), f"a readable ONNX model ({error})"
             ) from error
+        # Loading parses and folds the whole model; what it freed would otherwise stay in this process.
+        give_back_free_memory()
 
         input_names = tuple(node.name for node in session.get_inputs())
         unknown = [
@@ -287,6 +296,30 @@ class LocalMiniLMEmbedder:
         id_type = next(node.type for node in session.get_inputs() if node.name == "input_ids")
         id_dtype: type[np.int32] | type[np.int64] = np.int32 if id_type == "tensor(int32)" else np.int64
         return _Loaded(session=session, tokenizer=tokenizer, input_names=input_names, id_dtype=id_dtype)
+
+
+def _open_session(path: Path, options: Any) -> onnxruntime.InferenceSession:  # SessionOptions has no stubs
+    """The model at `path` with its lookup tables kept int8 (onnx_lookup.py): the same vectors, less memory."""
+    import onnxruntime
+
+    original = path.read_bytes()
+    lighter = look_up_before_dequantizing(original)
+    unchanged = lighter is original
+    del original
+    if unchanged:  # from its own path, so that weights kept in files beside it are found
+        return onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    # From a file, not from bytes: onnxruntime's Python session keeps the bytes it was given for its lifetime.
+    try:
+        with tempfile.TemporaryDirectory(prefix="memalign-model-") as folder:
+            copy = Path(folder) / path.name
+            copy.write_bytes(lighter)
+            return onnxruntime.InferenceSession(
+                str(copy), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+    except OSError:  # no writable temporary folder: from bytes after all (22 MiB more, the same vectors)
+        return onnxruntime.InferenceSession(lighter, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 _WORD = re.compile(r"\w+")

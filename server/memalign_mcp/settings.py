@@ -144,7 +144,7 @@ class StoreSettings(_Section):
         description="Oldest state a replica may score with after a commit elsewhere; empty: 1000 remote, 0 local.",
     )
     index_cache_mb: int = Field(
-        default=16, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
+        default=4, ge=1, description="LanceDB's in-process cache of index pages (vector and scalar)."
     )
     maintain_interval_s: float = Field(
         default=600.0, ge=0, description="serve maintains the store this often in the background; 0: never."

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 
 from memalign_mcp.errors import InvalidInputError, MemAlignError, UnknownJudgeError
 from memalign_mcp.freshness import Freshness
+from memalign_mcp.heap import give_back_free_memory
 from memalign_mcp.memory_state import MemoryState, apply_commits, replay
 from memalign_mcp.models import is_judge_name
 from memalign_mcp.records import Commit, ItemKey, Kind, MemoryRow, Op, Summary, new_txn
@@ -243,7 +244,9 @@ class Ledger:
     def _rebuild(self, name: str, gen: list[Commit]) -> MemoryState:
         head = gen[-1]
         whole = self.store.count_feedback_rows(name, head.gen) <= ROWS_IN_MEMORY
-        return replay(name, gen, self.store.rows_of_generation(name, head.gen, content=whole), whole=whole)
+        state = replay(name, gen, self.store.rows_of_generation(name, head.gen, content=whole), whole=whole)
+        give_back_free_memory()  # reading every row of a large judge frees far more than the state keeps
+        return state
 
     def state_at(self, name: str, version: int) -> MemoryState:
         """The judge's memory as it was at an older memory version (replayed, not cached)."""
