@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,17 +30,30 @@ def _items(start: int, count: int, prefix: str = "n") -> list[dict[str, object]]
     ]
 
 
-@pytest.mark.parametrize("rows_in_memory", [20_000, 0], ids=["rows-held", "rows-read-from-store"])
-def test_snapshot_search_finds_the_exact_nearest_items(
-    engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, rows_in_memory: int
+@pytest.mark.parametrize("held", ["whole", "vectors", "ids"])
+def test_search_finds_the_exact_nearest_items_whatever_the_state_holds(
+    engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, held: str
 ) -> None:
-    monkeypatch.setattr("memalign_mcp.transaction.ROWS_IN_MEMORY", rows_in_memory)
+    # whole rows: an in-memory snapshot, no read; vectors only: the snapshot, then the k rows read by key;
+    # ids only: LanceDB's exact search (no index here), which returns the rows.
+    monkeypatch.setattr("memalign_mcp.transaction.ROWS_IN_MEMORY", 20_000 if held == "whole" else 0)
     engine = engines.open(with_model=False)
+    if held == "ids":
+        engine.store.vector_index_min_rows = 1
+    searches: list[str] = []
+    search = engine.store.search_feedback
+
+    def counted(judge: str, *args: Any, **kwargs: Any) -> Any:
+        searches.append(judge)
+        return search(judge, *args, **kwargs)
+
+    monkeypatch.setattr(engine.store, "search_feedback", counted)
     engine.create_judge(SPEC)
     engine.add_feedback(JUDGE, _items(0, 300))
     engine.remove_feedback(JUDGE, ["n-11"])
     state = engine.state(JUDGE)
-    assert state.whole == (rows_in_memory > 0)
+    expected_state = {"whole": (True, True), "vectors": (False, True), "ids": (False, False)}[held]
+    assert (state.whole, state.vectors) == expected_state
     ids = sorted(state.feedback)
     whole = engine.ledger.whole_rows(state, ids)  # a lean state (a large judge) holds no vectors
     matrix = np.stack([whole[i].vector for i in ids]).astype(np.float64)
@@ -58,14 +72,21 @@ def test_snapshot_search_finds_the_exact_nearest_items(
             assert [n.row.body["rationale"] for n in ours] == [
                 f"Because of rule {int(i.split('-')[1]) % 5}." for i in expected
             ]
+    assert bool(searches) == (held == "ids")  # a state with vectors is searched in memory
 
 
-def test_feedback_changed_by_another_process_is_seen_by_the_next_score(engines: EngineFactory) -> None:
+@pytest.mark.parametrize("held", ["whole", "vectors"])
+def test_feedback_changed_by_another_process_is_seen_by_the_next_score(
+    engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    monkeypatch.setattr("memalign_mcp.transaction.ROWS_IN_MEMORY", 20_000 if held == "whole" else 0)
     first = engines.open(with_model=False)
     first.create_judge(SPEC)
     first.add_feedback(JUDGE, _items(0, 50))
     question, answer = "Can I change the colour of my umbrella order?", "Yes, until it ships."
     assert "umbrella" not in first.score(JUDGE, question, answer).examples_used
+    held_state = first.state(JUDGE)
+    assert (held_state.whole, held_state.vectors) == (held == "whole", True)
 
     other = engines.open(with_model=False)  # same store, as a second server process would open it
     other.add_feedback(

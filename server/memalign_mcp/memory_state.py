@@ -33,9 +33,10 @@ class MemoryState:
     feedback: dict[str, MemoryRow]
     guidelines: dict[str, MemoryRow]
     pending: frozenset[str]
-    whole: bool  # feedback rows carry their content (body and text); else ids, vectors and hashes only
+    whole: bool  # feedback rows carry their content (body and text) and vectors; else ids and hashes only
     # Items this state holds whose rows were purged since (only an older state can have any).
     missing: frozenset[ItemKey] = frozenset()
+    vectors: bool = False  # feedback rows carry their vectors (always so when whole): searched in memory
 
     @cached_property
     def _guidelines_in_order(self) -> list[MemoryRow]:
@@ -55,14 +56,28 @@ class MemoryState:
         return list(self._feedback_in_order)
 
 
-def replay(judge: str, commits: Sequence[Commit], rows: Iterable[MemoryRow], *, whole: bool) -> MemoryState:
+def replay(
+    judge: str, commits: Sequence[Commit], rows: Iterable[MemoryRow], *, whole: bool, vectors: bool = False
+) -> MemoryState:
     """The state after `commits` (one generation, in order), from the rows their transactions wrote."""
     by_txn: dict[str, list[MemoryRow]] = {}
     for r in rows:
         by_txn.setdefault(r.txn, []).append(r)
     first = commits[0]
     return apply_commits(
-        MemoryState(judge, first.gen, 0, 0, first.spec_json, first.created_at, {}, {}, frozenset(), whole),
+        MemoryState(
+            judge,
+            first.gen,
+            0,
+            0,
+            first.spec_json,
+            first.created_at,
+            {},
+            {},
+            frozenset(),
+            whole,
+            vectors=whole or vectors,
+        ),
         commits,
         by_txn,
     )

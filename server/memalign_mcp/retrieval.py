@@ -1,8 +1,8 @@
 """Retrieval: a judge's k nearest live feedback items, from an in-memory snapshot or from LanceDB's search.
 
-It owns the choice of path. Small judges (their state holds whole rows) get an exact in-memory snapshot within
-`[memory] snapshot_budget_mb`; every other judge is searched in the store, with LanceDB's ANN index once the
-judge has `vector_index_min_rows` items and the table its index (store.ensure_vector_index), exactly otherwise.
+It owns the choice of path. Judges under `vector_index_min_rows` items (their state holds their vectors) get an
+exact in-memory snapshot within `[memory] snapshot_budget_mb`; every other judge is searched in the store, with
+LanceDB's ANN index once the table has it (store.ensure_vector_index), exactly otherwise.
 Whatever the path, only the judge's live rows come back: rows count only through their commit
 (memory_state.py), so superseded versions, removed items and orphans, which a store search sees, are dropped.
 It reads; it never writes the store.
@@ -71,10 +71,10 @@ class Retrieval:
     def _snapshot_for(self, state: MemoryState) -> VectorSnapshot | None:
         """The judge's snapshot, made if it pays and fits the budget; None means search the store.
 
-        Only a state that holds its rows whole has one: its k neighbours then cost no read at all. A lean
-        state (a large judge) holds no vectors; LanceDB's search returns its neighbours' rows in the same
-        query, where a snapshot would still have to read them. Judges past `snapshot_budget_mb`, counted
-        over every snapshot this process holds, search the store too.
+        Only a state that holds its vectors has one: its k neighbours then cost no read at all where it holds
+        its rows whole too, and one read by key where it holds vectors only (a mid-sized judge). A lean state
+        (a large judge) holds no vectors; LanceDB's index search returns its neighbours' rows in the same query.
+        Judges past `snapshot_budget_mb`, counted over every snapshot this process holds, search the store too.
         """
         # Keyed by generation and commit number: every commit changes it, and a re-made judge has a new one.
         key = (state.gen, state.seq)
@@ -84,7 +84,7 @@ class Retrieval:
         latest = state is self.ledger.state(state.judge)
         if latest:
             self._snapshots.pop(state.judge, None)  # stale: its memory counts against the budget no more
-        if not state.whole:
+        if not state.vectors:
             return None
         held = sum(s.vectors.nbytes for _, s in list(self._snapshots.values()))
         wanted = len(state.feedback) * self.store.dim * 4

@@ -57,13 +57,18 @@ def rows_of(table: Any, dim: int) -> list[MemoryRow]:
     return [from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
 
 
-def lean_feedback_rows(table: Any, judge: str) -> list[MemoryRow]:
-    """Feedback rows without vector, text or body, from a table of LEAN_COLUMNS.
+def lean_feedback_rows(table: Any, judge: str, dim: int | None = None) -> list[MemoryRow]:
+    """Feedback rows without text or body, from a table of LEAN_COLUMNS; with their vectors when `dim` is given
+    (the table then has a vector column too), else without.
 
     Strings repeated across rows (judge, generation, transaction) are shared, not one copy per row, and item
     ids are interned, shared with the commits that list them (records.py).
     """
     columns = {name: table.column(name).to_pylist() for name in LEAN_COLUMNS}
+    vectors = None
+    if dim is not None:
+        flat = table.column("vector").flatten().to_numpy(zero_copy_only=False)
+        vectors = np.asarray(flat, dtype=np.float32).reshape(-1, dim)
     judge = sys.intern(judge)
     shared: dict[str, str] = {}
     out: list[MemoryRow] = []
@@ -73,7 +78,7 @@ def lean_feedback_rows(table: Any, judge: str) -> list[MemoryRow]:
                 judge=judge,
                 kind="feedback",
                 item_id=sys.intern(item_id),
-                vector=NO_VECTOR,
+                vector=NO_VECTOR if vectors is None else vectors[i],
                 text="",
                 body=_NO_BODY,
                 sources=(),
@@ -87,11 +92,11 @@ def lean_feedback_rows(table: Any, judge: str) -> list[MemoryRow]:
     return out
 
 
-def lean(row: MemoryRow) -> MemoryRow:
-    """A feedback row as a lean state holds it (no vector, text or body); guidelines stay whole."""
+def lean(row: MemoryRow, *, keep_vector: bool = False) -> MemoryRow:
+    """A feedback row as a lean state holds it (no text or body, a vector only if kept); guidelines stay whole."""
     if row.kind != "feedback":
         return row
-    return replace(row, vector=NO_VECTOR, text="", body=_NO_BODY)
+    return replace(row, vector=row.vector if keep_vector else NO_VECTOR, text="", body=_NO_BODY)
 
 
 def to_record(row: MemoryRow, dim: int) -> dict[str, Any]:

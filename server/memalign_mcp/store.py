@@ -297,31 +297,36 @@ class MemoryStore:
         """How many feedback row versions one judge generation has stored (orphans and old versions included)."""
         return int(self._memory.count_rows(f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"))
 
-    def rows_of_generation(self, judge: str, gen: str, *, content: bool) -> list[MemoryRow]:
+    def rows_of_generation(
+        self, judge: str, gen: str, *, content: bool, vectors: bool = False
+    ) -> list[MemoryRow]:
         """Every data row version of one judge generation, orphans included; without `content` for feedback.
 
         Guidelines always come whole (they are few); feedback without content is lean (ids, pending, hash; no
-        vector, text or body: its searches go to the store), so a judge of a million items stays small.
+        text or body, and a vector only with `vectors`), so a judge of a million items stays small.
         """
-        return self._data_rows(f"judge = {_q(judge)} AND gen = {_q(gen)}", judge, content=content)
+        base = f"judge = {_q(judge)} AND gen = {_q(gen)}"
+        return self._data_rows(base, judge, content=content, vectors=vectors)
 
-    def rows_of_txns(self, judge: str, txns: Sequence[str], *, content: bool) -> list[MemoryRow]:
+    def rows_of_txns(
+        self, judge: str, txns: Sequence[str], *, content: bool, vectors: bool = False
+    ) -> list[MemoryRow]:
         """The data rows written by these transactions (a key range each, served by the B-tree on id)."""
         if not txns:
             return []
-        return self._data_rows(
-            "(" + " OR ".join(self._txn_range(t) for t in txns) + ")", judge, content=content
-        )
+        base = "(" + " OR ".join(self._txn_range(t) for t in txns) + ")"
+        return self._data_rows(base, judge, content=content, vectors=vectors)
 
-    def _data_rows(self, base: str, judge: str, *, content: bool) -> list[MemoryRow]:
+    def _data_rows(self, base: str, judge: str, *, content: bool, vectors: bool) -> list[MemoryRow]:
         guidelines = self._select(base + " AND kind = 'guideline'")
         where = base + " AND kind = 'feedback'"
         if content:
             return guidelines + self._select(where)
-        query = self._memory.search().where(where).select(LEAN_COLUMNS).limit(None)
+        columns = [*LEAN_COLUMNS, "vector"] if vectors else LEAN_COLUMNS
+        query = self._memory.search().where(where).select(columns).limit(None)
         out: list[MemoryRow] = []
         for batch in query.to_batches():
-            out.extend(lean_feedback_rows(batch, judge))
+            out.extend(lean_feedback_rows(batch, judge, self.dim if vectors else None))
         return guidelines + out
 
     def rows_by_key(self, keys: Iterable[str]) -> dict[str, MemoryRow]:

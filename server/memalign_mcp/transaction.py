@@ -50,8 +50,11 @@ from memalign_mcp.row_codec import lean
 from memalign_mcp.store import MemoryStore
 
 log = logging.getLogger(__name__)
-# Judges with at most this many stored feedback rows keep whole rows in their cached state (a few KB each).
-ROWS_IN_MEMORY = 20_000
+# Judges with at most this many stored feedback rows keep whole rows in their cached state (content and vector,
+# about 10 KB each with FeedbackQA's texts); up to the store's `vector_index_min_rows`, ids and vectors only
+# (2 KB), for an exact search in memory (retrieval.py); larger judges hold ids only (0.5 KB) and are searched
+# in LanceDB's index. BENCHMARKS.md, retrieval at scale, has what each costs.
+ROWS_IN_MEMORY = 2_000
 # How many times a change is prepared again after commits of others overlapped it.
 _REDO_LIMIT = 12
 _REREAD_LIMIT = 3
@@ -229,22 +232,33 @@ class Ledger:
             return cached
         if cached is not None and cached.gen == head.gen and cached.seq < head.seq:
             newer = [c for c in gen if c.seq > cached.seq]
-            rows = self.store.rows_of_txns(name, [c.txn for c in newer], content=cached.whole)
+            rows = self.store.rows_of_txns(
+                name, [c.txn for c in newer], content=cached.whole, vectors=cached.vectors
+            )
             by_txn: dict[str, list[MemoryRow]] = {}
             for r in rows:
                 by_txn.setdefault(r.txn, []).append(r)
             state = apply_commits(cached, newer, by_txn)
-            if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
-                state = self._rebuild(name, gen)  # grown past the budget: hold vectors only from now on
+            if self._outgrown(state):
+                state = self._rebuild(name, gen)  # grown past its kind: hold less from now on
         else:
             state = self._rebuild(name, gen)
         self._states[name] = state
         return state
 
+    def _outgrown(self, state: MemoryState) -> bool:
+        """True when a cached state holds more per item than a judge of its size gets (see ROWS_IN_MEMORY)."""
+        if state.whole:
+            return len(state.feedback) > ROWS_IN_MEMORY
+        return state.vectors and len(state.feedback) >= self.store.vector_index_min_rows
+
     def _rebuild(self, name: str, gen: list[Commit]) -> MemoryState:
         head = gen[-1]
-        whole = self.store.count_feedback_rows(name, head.gen) <= ROWS_IN_MEMORY
-        state = replay(name, gen, self.store.rows_of_generation(name, head.gen, content=whole), whole=whole)
+        stored = self.store.count_feedback_rows(name, head.gen)
+        whole = stored <= ROWS_IN_MEMORY
+        vectors = stored < self.store.vector_index_min_rows
+        rows = self.store.rows_of_generation(name, head.gen, content=whole, vectors=vectors)
+        state = replay(name, gen, rows, whole=whole, vectors=vectors)
         give_back_free_memory()  # reading every row of a large judge frees far more than the state keeps
         return state
 
@@ -357,11 +371,11 @@ class Ledger:
         self._remember_commit(name, commit)
         state = self._states.get(name)
         if state is not None and state.gen == commit.gen and state.seq == commit.seq - 1:
-            if not state.whole:  # a lean state holds no content or vectors (row_codec.py), so neither do ours
-                rows = [lean(r) for r in rows]
+            if not state.whole:  # a lean state holds no content (row_codec.py), so neither do ours
+                rows = [lean(r, keep_vector=state.vectors) for r in rows]
             state = apply_commits(state, [commit], {commit.txn: rows})
-            if state.whole and len(state.feedback) > ROWS_IN_MEMORY:
-                self._states.pop(name, None)  # past the budget: the next read rebuilds it with vectors only
+            if self._outgrown(state):
+                self._states.pop(name, None)  # past its kind: the next read rebuilds it holding less
             else:
                 self._states[name] = state
 
