@@ -75,18 +75,22 @@ def test_search_finds_the_exact_nearest_items_whatever_the_state_holds(
     assert bool(searches) == (held == "ids")  # a state with vectors is searched in memory
 
 
-@pytest.mark.parametrize("held", ["whole", "vectors"])
+@pytest.mark.parametrize("held", ["whole", "vectors", "ids"])
 def test_feedback_changed_by_another_process_is_seen_by_the_next_score(
     engines: EngineFactory, monkeypatch: pytest.MonkeyPatch, held: str
 ) -> None:
+    # ids: searched in LanceDB through a view pinned at one table version (search_view.py), which must move on
+    # when the judge's state does, and survive the versions it was pinned at being pruned by a purge elsewhere.
     monkeypatch.setattr("memalign_mcp.transaction.ROWS_IN_MEMORY", 20_000 if held == "whole" else 0)
     first = engines.open(with_model=False)
+    if held == "ids":
+        first.store.vector_index_min_rows = 1
     first.create_judge(SPEC)
     first.add_feedback(JUDGE, _items(0, 50))
     question, answer = "Can I change the colour of my umbrella order?", "Yes, until it ships."
     assert "umbrella" not in first.score(JUDGE, question, answer).examples_used
     held_state = first.state(JUDGE)
-    assert (held_state.whole, held_state.vectors) == (held == "whole", True)
+    assert (held_state.whole, held_state.vectors) == (held == "whole", held != "ids")
 
     other = engines.open(with_model=False)  # same store, as a second server process would open it
     other.add_feedback(
@@ -97,6 +101,16 @@ def test_feedback_changed_by_another_process_is_seen_by_the_next_score(
 
     other.remove_feedback(JUDGE, ["umbrella"])
     assert "umbrella" not in first.score(JUDGE, question, answer).examples_used
+
+    other.add_feedback(
+        JUDGE,
+        [{"inputs": question, "outputs": answer, "value": True, "rationale": "Right.", "id": "umbrella-2"}],
+    )
+    assert first.score(JUDGE, question, answer).examples_used[0] == "umbrella-2"
+    other.remove_feedback(JUDGE, ["umbrella-2"], purge=True)  # every older table version is pruned
+    after_purge = first.score(JUDGE, question, answer).examples_used
+    assert "umbrella-2" not in after_purge
+    assert len(after_purge) == 5
 
 
 def _grep(root: Path, needle: str) -> list[str]:
@@ -123,3 +137,24 @@ def test_purge_leaves_a_removed_item_only_as_a_history_tombstone(engines: Engine
     assert all("commits.lance" in path for path in _grep(engines.data_dir, "leak-0"))
     assert engine.judge_history(JUDGE).versions[0].summary.purged == ["leak-0"]
     assert engine.score(JUDGE, "Question 5 about the discount and item 5", "Answer 5").examples_used
+
+
+def test_a_search_survives_another_process_pruning_the_table_version_it_read(
+    engines: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The judge's state does not change, so nothing tells the search view to move on, but a purge of another
+    # judge's item elsewhere removed every older table version: the search reads again at the latest one.
+    monkeypatch.setattr("memalign_mcp.transaction.ROWS_IN_MEMORY", 0)
+    first = engines.open(with_model=False)
+    first.store.vector_index_min_rows = 1
+    first.create_judge(SPEC)
+    first.create_judge(SPEC.model_copy(update={"name": "bystander"}))
+    first.add_feedback(JUDGE, _items(0, 50))
+    first.add_feedback("bystander", _items(0, 3, prefix="b"))
+    question, answer = "Question 5 about the discount and item 5", "Answer 5"
+    before = first.score(JUDGE, question, answer).examples_used
+    assert len(before) == 5
+
+    other = engines.open(with_model=False)
+    other.remove_feedback("bystander", ["b-1"], purge=True)
+    assert first.score(JUDGE, question, answer).examples_used == before

@@ -145,6 +145,8 @@ class Retrieval:
         now = time.monotonic()
         cached = self._facts.get(state.judge)
         if cached is None or cached[0] != key or now - cached[1] > _INDEX_RECHECK_S:
+            if cached is None or cached[0] != key:
+                self.store.refresh_search_view()  # a newer state: the search must see the rows it counts
             stored = self.store.count_feedback_rows(state.judge, state.gen)
             everyone = self.store.count_all_feedback_rows()
             cached = (key, now, stored, everyone, self.store.has_vector_index())

@@ -57,6 +57,28 @@ def rows_of(table: Any, dim: int) -> list[MemoryRow]:
     return [from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
 
 
+# What a search returns of each row: all but the vector and the embedded text, which no caller of a search
+# uses (the similarity comes with the row); on object storage each column read is a request of its own.
+SEARCH_COLUMNS = [
+    "id",
+    "judge",
+    "kind",
+    "item_id",
+    "gen",
+    "txn",
+    "body",
+    "sources",
+    "content_hash",
+    "pending",
+    "created_at",
+]
+
+
+def searched_rows(table: Any) -> list[MemoryRow]:
+    """Rows from a search's Arrow table of SEARCH_COLUMNS: whole but for their vector and text."""
+    return [from_record(r | {"vector": NO_VECTOR}) for r in table.to_pylist()]
+
+
 def lean_feedback_rows(table: Any, judge: str, dim: int | None = None) -> list[MemoryRow]:
     """Feedback rows without text or body, from a table of LEAN_COLUMNS; with their vectors when `dim` is given
     (the table then has a vector column too), else without.

@@ -37,12 +37,15 @@ from memalign_mcp.errors import EmbeddingMismatchError, StoreUnavailableError
 from memalign_mcp.records import Commit, MemoryRow
 from memalign_mcp.row_codec import (
     LEAN_COLUMNS,
+    SEARCH_COLUMNS,
     from_record,
     lean_feedback_rows,
     memory_schema,
     rows_of,
+    searched_rows,
     to_record,
 )
+from memalign_mcp.search_view import SearchView
 from memalign_mcp.vector_index import ensure_vector_index, indexed_rows, nearest_rows
 
 _MEMORY = "memory_v2"
@@ -111,6 +114,11 @@ class MemoryStore:
             )
             self.dim = self._check_meta(embedding_dim)
             self._memory = self._open_or_create(_MEMORY, memory_schema(self.dim), "id")
+            # Searches read a handle that checks for new versions only when told (search_view.py).
+            options = dict(storage_options or {})
+            self._search_view = SearchView(
+                lambda: lancedb.connect(uri, storage_options=options, session=cache).open_table(_MEMORY)
+            )
             self.log = CommitLog(self._open_or_create(_COMMITS, COMMITS_SCHEMA, "id"), self._retry)
         except (OSError, RuntimeError, ValueError) as exc:
             raise self.unavailable("opened", exc) from exc
@@ -341,7 +349,8 @@ class MemoryStore:
     def search_feedback(
         self, judge: str, gen: str, vector: Any, limit: int, *, ann: bool, prefilter: bool = True
     ) -> list[tuple[MemoryRow, float]]:
-        """Whole feedback row versions of one judge generation nearest the vector, with cosine similarity.
+        """Feedback row versions of one judge generation nearest the vector (whole but for vector and text), with
+        cosine similarity.
 
         Candidates only: orphans, superseded versions and removed items are among them (the caller keeps the
         live ones). `ann` uses the vector index where the table has one; otherwise the search is exact. Without
@@ -349,10 +358,18 @@ class MemoryStore:
         """
         where = f"judge = {_q(judge)} AND gen = {_q(gen)} AND kind = 'feedback'"
         vector = np.asarray(vector, np.float32)
-        found = nearest_rows(self._memory, vector, where, limit, ann=ann, prefilter=prefilter)
+        found = self._search_view.read(
+            lambda table: nearest_rows(
+                table, vector, where, limit, ann=ann, prefilter=prefilter, columns=SEARCH_COLUMNS
+            )
+        )
         distances = found.column("_distance").to_pylist()
-        rows = rows_of(found.drop_columns(["_distance"]), self.dim)
+        rows = searched_rows(found.drop_columns(["_distance"]))
         return [(r, 1.0 - float(d)) for r, d in zip(rows, distances, strict=True)]
+
+    def refresh_search_view(self) -> None:
+        """Let the next search see every row committed by now (by any process): one request on object storage."""
+        self._search_view.refresh()
 
     def has_vector_index(self) -> bool:
         """True when the memory table has an ANN index on its vectors."""

@@ -57,7 +57,14 @@ def ensure_vector_index(
 
 
 def nearest_rows(
-    table: Any, vector: Any, where: str, limit: int, *, ann: bool, prefilter: bool = True
+    table: Any,
+    vector: Any,
+    where: str,
+    limit: int,
+    *,
+    ann: bool,
+    prefilter: bool = True,
+    columns: list[str] | None = None,
 ) -> Any:
     """The `limit` rows matching `where` nearest the vector by cosine, as an Arrow table with `_distance`.
 
@@ -68,5 +75,7 @@ def nearest_rows(
     """
     query = table.search(vector, vector_column_name="vector").distance_type("cosine")
     query = query.where(where, prefilter=prefilter).limit(limit)
+    if columns is not None:
+        query = query.select(columns)
     query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR) if ann else query.bypass_vector_index()
     return query.to_arrow()
