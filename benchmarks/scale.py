@@ -10,17 +10,21 @@ For each size, in a fresh store:
   FeedbackQA test questions (disjoint from the items' questions), embedded with MiniLM;
 - a fresh process that opens the store and scores (memory judge): its resident memory after each step
   (imports, MiniLM loaded, store opened, judge state replayed, first score, after all scores), the state replay
-  time, score p50/p99 (query embedding included) and search alone p50/p99.
+  time, score p50/p99 (query embedding included) over --runs scores, then search alone p50/p99 over as many.
+  With --s3 the stores are on s3:// in a local moto server (tests/s3_server.py), which also counts the
+  object-store requests made by the timed scores.
 
 Run from the repository root (writes its stores under --work, default a temporary folder, and the results as
 JSON to --out):
 
     .venv/bin/python benchmarks/scale.py --sizes 10000 100000 1000000 --queries 300
+    .venv/bin/python benchmarks/scale.py --s3 --sizes 100000 --queries 50 --runs 100
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
 from feedbackqa_data import DEFAULT_DATA, REPO, Row, agreeing_rationale, read_split
 from memalign_mcp.embeddings import LocalMiniLMEmbedder, text_for_embedding
 from memalign_mcp.engine import open_engine
@@ -41,6 +47,7 @@ from memalign_mcp.models import JudgeSpec
 from memalign_mcp.records import MemoryRow, Summary
 from memalign_mcp.settings import Settings, load_settings
 from memalign_mcp.transaction import Change, MemoryState
+from object_store import ObjectStore, running_object_store
 from overhead import INSTRUCTIONS, NOISE, log
 from run_record import percentile, run_record
 
@@ -59,7 +66,7 @@ from memalign_mcp.engine import open_engine
 from memalign_mcp.settings import load_settings
 import numpy as np
 steps["imports"] = rss()
-config, overrides, judge, questions, runs = json.loads(sys.argv[1])
+config, overrides, judge, questions, runs, counter = json.loads(sys.argv[1])
 embedder = LocalMiniLMEmbedder()
 embedder.warm()
 steps["MiniLM loaded"] = rss()
@@ -73,31 +80,48 @@ t0 = time.perf_counter()
 engine.score(judge, questions[0], "An answer.")
 first_s = time.perf_counter() - t0
 steps["first score"] = rss()
+def requests(reset=False):  # the object-store requests served so far (tests/s3_server.py counts them)
+    if not counter:
+        return 0
+    import httpx
+    reply = (httpx.delete if reset else httpx.get)(counter + "/_requests")
+    return sum(json.loads(reply.text).values())
 score_ms, search_ms = [], []
 vectors = embedder.embed(questions[:runs])
+requests(reset=True)
 for n in range(runs):
     q = questions[n % len(questions)]
     t0 = time.perf_counter()
     result = engine.score(judge, q, "An answer.")
     score_ms.append((time.perf_counter() - t0) * 1000)
     assert result.model == "memory" and len(result.examples_used) == 5, result
+score_requests = requests()
+for n in range(runs):
     t0 = time.perf_counter()
-    engine.nearest(engine.state(judge), vectors[n], 5, set())
+    engine.nearest(engine.state(judge), vectors[n % len(vectors)], 5, set())
     search_ms.append((time.perf_counter() - t0) * 1000)
 steps["after all scores"] = rss()
 print(json.dumps({"rss_mib": steps, "replay_s": replay_s, "first_score_s": first_s, "score_ms": score_ms,
-                  "search_ms": search_ms, "whole": state.whole, "items": len(state.feedback)}))
+                  "search_ms": search_ms, "whole": state.whole, "items": len(state.feedback),
+                  "requests_per_score": score_requests / runs if counter else None}))
 """
 
 
-def settings_for(data_dir: Path) -> Settings:
+def settings_for(data_dir: str, store: ObjectStore | None = None) -> Settings:
     """Memory judge, query embedded from inputs, default retrieval settings, over one store."""
-    return load_settings(CONFIG, env={}, overrides=overrides_for(data_dir))
+    return load_settings(CONFIG, env={}, overrides=overrides_for(data_dir, store))
 
 
-def overrides_for(data_dir: Path) -> dict[str, Any]:
+def overrides_for(data_dir: str, store: ObjectStore | None = None) -> dict[str, Any]:
     """The settings overrides of a run (the child process gets the same)."""
-    return {"store.data_dir": str(data_dir), "server.judges_dir": "", "embedding.embed_fields": "inputs"}
+    overrides: dict[str, Any] = {
+        "store.data_dir": data_dir,
+        "server.judges_dir": "",
+        "embedding.embed_fields": "inputs",
+    }
+    if store is not None:
+        overrides["store.storage_options"] = store.storage_options()
+    return overrides
 
 
 def fill(
@@ -162,9 +186,12 @@ def recall_at_5(settings: Settings, embedder: LocalMiniLMEmbedder, vectors: Any,
     return hits / (5 * len(queries))
 
 
-def fresh_process(data_dir: Path, questions: list[str], runs: int) -> dict[str, Any]:
-    """Open the store in a new interpreter and score: resident memory by step, and timings."""
-    argument = json.dumps([str(CONFIG), overrides_for(data_dir), JUDGE, questions, runs])
+def fresh_process(
+    data_dir: str, questions: list[str], runs: int, store: ObjectStore | None = None
+) -> dict[str, Any]:
+    """Open the store in a new interpreter and score: resident memory by step, timings, requests per score."""
+    counter = store.endpoint if store is not None else ""
+    argument = json.dumps([str(CONFIG), overrides_for(data_dir, store), JUDGE, questions, runs, counter])
     env = os.environ | {"HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, argument], capture_output=True, text=True, env=env, check=False
@@ -175,11 +202,15 @@ def fresh_process(data_dir: Path, questions: list[str], runs: int) -> dict[str, 
 
 
 def run_size(
-    n: int, args: argparse.Namespace, embedder: LocalMiniLMEmbedder, data: dict[str, Any]
+    n: int,
+    args: argparse.Namespace,
+    embedder: LocalMiniLMEmbedder,
+    data: dict[str, Any],
+    store: ObjectStore | None = None,
 ) -> dict[str, Any]:
-    """Fill, index, measure recall and a fresh process's figures for one size."""
-    data_dir = Path(args.work) / f"scale-{n}"
-    settings = settings_for(data_dir)
+    """Fill, index, measure recall and a fresh process's figures for one size (on `store` if given)."""
+    data_dir = str(Path(args.work) / f"scale-{n}") if store is None else store.new_prefix()
+    settings = settings_for(data_dir, store)
     log(f"size {n:,}: filling {data_dir}")
     t0 = time.perf_counter()
     vectors = fill(settings, embedder, n, data["bank"], data["bank_vectors"])
@@ -192,10 +223,11 @@ def run_size(
     recall = recall_at_5(settings, embedder, vectors, data["query_vectors"])
     log(f"size {n:,}: recall@5 {recall:.3f}")
     del vectors
-    child = fresh_process(data_dir, data["questions"], args.runs)
+    child = fresh_process(data_dir, data["questions"], args.runs, store)
     score, search = child.pop("score_ms"), child.pop("search_ms")
     return {
         "items": n,
+        "store": "s3:// on moto" if store is not None else "local directory",
         "fill_s": fill_s,
         "index_built": built,
         "index_s": index_s,
@@ -215,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=200, help="scores timed in the fresh process")
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="memalign-scale-"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument(
+        "--s3", action="store_true", help="store on s3:// in a local moto server (tests/s3_server.py)"
+    )
     args = parser.parse_args(argv)
     embedder = LocalMiniLMEmbedder()
     bank = [r for split in ("train", "valid") for r in read_split(DEFAULT_DATA, split) if r.label is not None]
@@ -226,10 +261,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "query_vectors": embedder.embed(tests),
     }
     results: list[dict[str, Any]] = []
-    for n in args.sizes:
-        results.append(run_size(n, args, embedder, data))
-        print(json.dumps(results[-1]), flush=True)
-        Path(args.out).write_text(json.dumps({"run": run_record(), "sizes": results}, indent=2))
+    with contextlib.ExitStack() as stack:
+        store = None
+        if args.s3:
+            Path(args.work).mkdir(parents=True, exist_ok=True)
+            store = stack.enter_context(running_object_store(Path(args.work) / "s3.log"))
+        for n in args.sizes:
+            results.append(run_size(n, args, embedder, data, store))
+            print(json.dumps(results[-1]), flush=True)
+            Path(args.out).write_text(json.dumps({"run": run_record(), "sizes": results}, indent=2))
 
 
 if __name__ == "__main__":

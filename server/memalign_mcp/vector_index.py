@@ -76,6 +76,6 @@ def nearest_rows(
     query = table.search(vector, vector_column_name="vector").distance_type("cosine")
     query = query.where(where, prefilter=prefilter).limit(limit)
     if columns is not None:
-        query = query.select(columns)
+        query = query.select([*columns, "_distance"])  # named, or LanceDB warns on every search
     query = query.nprobes(NPROBES).refine_factor(REFINE_FACTOR) if ann else query.bypass_vector_index()
     return query.to_arrow()
