@@ -83,6 +83,32 @@ def test_without_a_writable_temporary_folder_the_model_loads_from_bytes(
     assert np.array_equal(fallback.embed(TEXTS), shipped.embed(TEXTS))
 
 
+def test_a_table_read_from_outside_the_graph_keeps_its_float_copy(shipped: LocalMiniLMEmbedder) -> None:
+    # The word-embedding table made a graph output too: its producer must stay, so the model still loads.
+    from memalign_mcp.onnx_lookup import (  # the wire format, to build this variant of the model
+        _bytes_field,  # pyright: ignore[reportPrivateUsage]
+        _fields,  # pyright: ignore[reportPrivateUsage]
+    )
+
+    table = "inner.embeddings.word_embeddings.weight"
+    parts: list[bytes] = []
+    for field in _fields(memoryview(shipped.model_path.read_bytes())):
+        if field.number == 7:  # ModelProto.graph, plus an output (GraphProto.output, ValueInfoProto.name)
+            assert isinstance(field.value, memoryview)
+            output = _bytes_field(12, _bytes_field(1, table.encode()))
+            parts.append(_bytes_field(7, bytes(field.value) + output))
+        else:
+            parts.append(bytes(field.raw))
+    model = b"".join(parts)
+    lighter = session(look_up_before_dequantizing(model))
+    assert table in [output.name for output in lighter.get_outputs()]
+    batch = feed(shipped, TEXTS[:2])
+    names = {node.name for node in lighter.get_inputs()}
+    inputs = {name: value for name, value in batch.items() if name in names}
+    expected = session(str(shipped.model_path)).run(None, inputs)[0]
+    assert np.array_equal(lighter.run(None, inputs)[0], expected)
+
+
 def test_a_rewritten_model_is_left_as_it_is(shipped: LocalMiniLMEmbedder) -> None:
     lighter = look_up_before_dequantizing(shipped.model_path.read_bytes())
     assert look_up_before_dequantizing(lighter) is lighter

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 # Field numbers of onnx.proto (ModelProto.graph; GraphProto.node/initializer; NodeProto; AttributeProto;
 # TensorProto) and the values used here.
 _MODEL_GRAPH = 7
-_GRAPH_NODE, _GRAPH_INITIALIZER = 1, 5
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_OUTPUT = 1, 5, 12
+_VALUE_INFO_NAME = 1
 _NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 4, 5, 7
-_ATTRIBUTE_NAME, _ATTRIBUTE_INT, _ATTRIBUTE_TYPE = 1, 3, 20
+_ATTRIBUTE_NAME, _ATTRIBUTE_INT, _ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS, _ATTRIBUTE_TYPE = 1, 3, 6, 11, 20
 _ATTRIBUTE_TYPE_INT = 2
 _TENSOR_DIMS, _TENSOR_NAME = 1, 8
 _FLOAT = 1  # TensorProto.DataType.FLOAT
@@ -45,6 +46,7 @@ class _Node:
     outputs: tuple[str, ...]
     ints: dict[str, int]  # integer attributes, by name
     standard: bool  # in the default ONNX domain
+    subgraph: bool  # has a graph attribute (If, Loop, Scan), whose nodes may read any name of this graph
 
 
 def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -101,9 +103,11 @@ def _signed(value: int) -> int:
 def _node(data: memoryview) -> _Node:
     fields = _fields(data)
     ints: dict[str, int] = {}
+    subgraph = False
     for field in fields:
         if field.number == _NODE_ATTRIBUTE:
             parts = _fields(_message(field))
+            subgraph |= any(p.number in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) for p in parts)
             names = [_text(p) for p in parts if p.number == _ATTRIBUTE_NAME]
             values = [p.value for p in parts if p.number == _ATTRIBUTE_INT and isinstance(p.value, int)]
             if names and values:
@@ -114,6 +118,7 @@ def _node(data: memoryview) -> _Node:
         outputs=tuple(_text(f) for f in fields if f.number == _NODE_OUTPUT),
         ints=ints,
         standard=all(_text(f) in ("", "ai.onnx") for f in fields if f.number == _NODE_DOMAIN),
+        subgraph=subgraph,
     )
 
 
@@ -182,11 +187,17 @@ def _rewrite_graph(graph: memoryview) -> bytes | None:
     fields = _fields(graph)
     nodes = {index: _node(_message(f)) for index, f in enumerate(fields) if f.number == _GRAPH_NODE}
     shapes = dict(_dims(_message(f)) for f in fields if f.number == _GRAPH_INITIALIZER)
+    if any(node.subgraph for node in nodes.values()):
+        return None  # a subgraph may read a table by name: leave such a model alone
     producer = {out: index for index, node in nodes.items() for out in node.outputs}
     readers: dict[str, int] = {}
     for node in nodes.values():
         for name in node.inputs:
             readers[name] = readers.get(name, 0) + 1
+    for f in fields:
+        if f.number == _GRAPH_OUTPUT:  # a graph output is read from outside: never remove its producer
+            for name in (_text(p) for p in _fields(_message(f)) if p.number == _VALUE_INFO_NAME):
+                readers[name] = readers.get(name, 0) + 1
     replaced: dict[int, bytes] = {}
     for index, gather in nodes.items():
         if gather.op_type != "Gather" or gather.ints.get("axis", 0) != 0 or len(gather.inputs) != 2:
