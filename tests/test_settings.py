@@ -113,3 +113,12 @@ def test_the_example_config_in_configs_loads(tmp_path: Path) -> None:
 def test_the_packaged_config_is_the_repositorys_configs_directory() -> None:
     # One copy of truth: in a checkout the package's config/ is a link to configs/, which the wheel carries.
     assert PACKAGED_CONFIG_DIR.resolve() == (REPO / "configs").resolve()
+
+
+def test_the_index_cache_is_small_on_a_local_disk_and_larger_on_object_storage() -> None:
+    # On object storage every index page that does not fit is read again, a request each (BENCHMARKS.md).
+    local = load_settings(env={}, overrides={"store.data_dir": "/tmp/judges"}).store
+    remote = load_settings(env={}, overrides={"store.data_dir": "s3://bucket/judges"}).store
+    assert (local.index_cache(), remote.index_cache()) == (4, 64)
+    chosen = load_settings(env={}, overrides={"store.data_dir": "s3://bucket/j", "store.index_cache_mb": 8})
+    assert chosen.store.index_cache() == 8

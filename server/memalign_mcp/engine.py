@@ -68,7 +68,7 @@ def open_store(
         embedding_dim=lambda: embedder.dim,
         any_embedding=any_embedding,
         vector_index_min_rows=settings.memory.vector_index_min_rows,
-        index_cache_mb=settings.store.index_cache_mb,
+        index_cache_mb=settings.store.index_cache(),
         storage_options=settings.store.lance_storage_options(),
     )
 
