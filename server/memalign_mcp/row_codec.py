@@ -57,26 +57,27 @@ def rows_of(table: Any, dim: int) -> list[MemoryRow]:
     return [from_record(r | {"vector": vectors[i]}) for i, r in enumerate(records)]
 
 
-# What a search returns of each row: all but the vector and the embedded text, which no caller of a search
-# uses (the similarity comes with the row); on object storage each column read is a request of its own.
-SEARCH_COLUMNS = [
-    "id",
-    "judge",
-    "kind",
-    "item_id",
-    "gen",
-    "txn",
-    "body",
-    "sources",
-    "content_hash",
-    "pending",
-    "created_at",
-]
+# What a search returns of each row: what tells whether it is live (its key: txn, kind, item id) and what a
+# neighbour is used for (its body: verdict, rationale, the example's texts). On object storage each column
+# read is a request of its own (BENCHMARKS.md, object storage at scale), so nothing else is read.
+SEARCH_COLUMNS = ["judge", "kind", "item_id", "gen", "txn", "body"]
 
 
 def searched_rows(table: Any) -> list[MemoryRow]:
-    """Rows from a search's Arrow table of SEARCH_COLUMNS: whole but for their vector and text."""
-    return [from_record(r | {"vector": NO_VECTOR}) for r in table.to_pylist()]
+    """Rows from a search's Arrow table of SEARCH_COLUMNS: key and body, no vector, text, hash or provenance."""
+    return [
+        MemoryRow(
+            judge=r["judge"],
+            kind=cast(Kind, r["kind"]),
+            item_id=r["item_id"],
+            vector=NO_VECTOR,
+            text="",
+            body=json.loads(r["body"] or "{}"),
+            gen=r["gen"],
+            txn=r["txn"],
+        )
+        for r in table.to_pylist()
+    ]
 
 
 def lean_feedback_rows(table: Any, judge: str, dim: int | None = None) -> list[MemoryRow]:
