@@ -349,8 +349,8 @@ class MemoryStore:
     def search_feedback(
         self, judge: str, gen: str, vector: Any, limit: int, *, ann: bool, prefilter: bool = True
     ) -> list[tuple[MemoryRow, float]]:
-        """Feedback row versions of one judge generation nearest the vector (whole but for vector and text), with
-        cosine similarity.
+        """Feedback row versions of one judge generation nearest the vector, with cosine similarity: their key
+        and body only (row_codec.SEARCH_COLUMNS), read through the search view (search_view.py).
 
         Candidates only: orphans, superseded versions and removed items are among them (the caller keeps the
         live ones). `ann` uses the vector index where the table has one; otherwise the search is exact. Without
