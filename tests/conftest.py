@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import Embedder, HashingEmbedder, LocalMiniLMEmbedder
 from memalign_mcp.engine import open_engine
 from memalign_mcp.llm import close_cached_clients
-from memalign_mcp.settings import load_settings
+from memalign_mcp.settings import Settings, load_settings
 from object_store import ObjectStore, running_object_store
 from scripted_model import ScriptedModelServer
 from support_desk_model import support_desk
@@ -55,6 +55,19 @@ def scripted_overrides(server: ScriptedModelServer) -> dict[str, Any]:
         "model.api_key": "test",
         "model.max_retries": 0,
     }
+
+
+def hashing_settings(
+    data_dir: Path,
+    model_server: ScriptedModelServer | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """The shipped config over `data_dir` with the fast hashing embedder; the scripted model as every judge's
+    model and the reflector when a server is given (else judges answer from memory); then `overrides`."""
+    base: dict[str, Any] = {"store.data_dir": str(data_dir), "embedding.model": "hashing"}
+    if model_server is not None:
+        base |= scripted_overrides(model_server)
+    return load_settings(CONFIG, env={}, overrides=base | dict(overrides or {}))
 
 
 class EngineFactory:

@@ -18,17 +18,16 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent, TextResourceContents
 
-from conftest import scripted_overrides
+from conftest import hashing_settings
 from mcp_calls import ok, refused, text_of
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import Settings, load_settings
+from memalign_mcp.settings import Settings
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
 from support_desk_model import POLITE, support_desk
 
 pytestmark = pytest.mark.anyio
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 SCRIPTED = "openai/scripted"
 RUDE = {"inputs": "Where is my order?", "outputs": "Not my problem, look it up yourself.", "value": False}
 KIND = {
@@ -44,17 +43,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def memory_settings(data_dir: Path) -> Settings:
-    """Settings with no model (judges answer from memory) and the fast hashing embedder."""
-    return load_settings(
-        CONFIG, env={}, overrides={"store.data_dir": str(data_dir), "embedding.model": "hashing"}
-    )
-
-
 @pytest.fixture(scope="module")
 async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
     """An MCP client connected in memory to a server whose judges answer from memory."""
-    server = build_server(memory_settings(tmp_path_factory.mktemp("memory")))
+    server = build_server(hashing_settings(tmp_path_factory.mktemp("memory")))
     async with Client(server) as connected:
         yield connected
 
@@ -64,15 +56,7 @@ async def model_client(
     tmp_path_factory: pytest.TempPathFactory, model_server: ScriptedModelServer
 ) -> AsyncIterator[Client]:
     """An MCP client connected in memory to a server whose judges and reflection use the scripted model."""
-    settings = load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(tmp_path_factory.mktemp("model")),
-            "embedding.model": "hashing",
-            **scripted_overrides(model_server),
-        },
-    )
+    settings = hashing_settings(tmp_path_factory.mktemp("model"), model_server)
     async with Client(build_server(settings)) as connected:
         yield connected
 
@@ -468,7 +452,7 @@ async def test_tools_are_listed_before_the_engine_is_open_and_wait_for_it(tmp_pa
         opened.append(engine)
         return engine
 
-    server = build_server(memory_settings(tmp_path), engine_factory=slow_engine)
+    server = build_server(hashing_settings(tmp_path), engine_factory=slow_engine)
     async with Client(server) as connected:
         with anyio.fail_after(20):
             tools = await connected.list_tools()  # answered while the engine is still closed
@@ -484,7 +468,7 @@ async def test_an_engine_that_cannot_open_makes_every_call_an_error_saying_why(t
     def broken(settings: Settings) -> MemAlignService:
         raise SettingsError("judge file judges/x.toml", "x.toml", "a valid judge spec")
 
-    async with Client(build_server(memory_settings(tmp_path), engine_factory=broken)) as connected:
+    async with Client(build_server(hashing_settings(tmp_path), engine_factory=broken)) as connected:
         assert len((await connected.list_tools()).tools) == 16
         for _ in range(2):  # the failure is reported on every call, not only the first
             text = await refused(connected, "list_judges")

@@ -13,8 +13,8 @@ import pytest
 from mcp import Client
 from mcp_types import TextContent
 
+from conftest import hashing_settings
 from memalign_mcp.app import build_server
-from memalign_mcp.settings import DEFAULT_CONFIG, load_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -28,11 +28,7 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Client]:
     """An MCP client connected in memory to a server whose judges answer from memory."""
-    settings = load_settings(
-        DEFAULT_CONFIG,
-        env={},
-        overrides={"store.data_dir": str(tmp_path_factory.mktemp("args")), "embedding.model": "hashing"},
-    )
+    settings = hashing_settings(tmp_path_factory.mktemp("args"))
     async with Client(build_server(settings)) as connected:
         yield connected
 

@@ -26,16 +26,16 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult
 
+from conftest import hashing_settings
 from in_process_model import InProcessModel
 from mcp_calls import text_of
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server
 from memalign_mcp.embeddings import HashingEmbedder
 from memalign_mcp.engine import open_engine
-from memalign_mcp.settings import Settings, load_settings
+from memalign_mcp.settings import Settings
 from support_desk_model import support_desk
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 CALL_DEADLINE_S = 60.0  # a hang fails the example instead of the whole run
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile(
@@ -230,16 +230,7 @@ calls = st.sampled_from(sorted(ARGUMENTS)).flatmap(lambda tool: st.tuples(st.jus
 
 
 def fuzz_settings(data_dir: Path) -> Settings:
-    return load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(data_dir),
-            "embedding.model": "hashing",
-            "model.judge": "openai/scripted",
-            "model.max_retries": 0,
-        },
-    )
+    return hashing_settings(data_dir, overrides={"model.judge": "openai/scripted", "model.max_retries": 0})
 
 
 def fuzz_engine(settings: Settings) -> MemAlignService:

@@ -15,18 +15,16 @@ import pytest
 from mcp import Client
 from mcp_types import TextResourceContents
 
-from conftest import scripted_overrides
+from conftest import hashing_settings
 from mcp_calls import ok, refused
 from memalign_mcp.app import build_server
 from memalign_mcp.errors import GuidelineNotFoundError, InvalidInputError
 from memalign_mcp.seed_scenario import ALIGNMENT, JUDGE
-from memalign_mcp.settings import load_settings
 from scripted_model import ScriptedModelServer
 from store_worker import open_worker_engine
 from support_desk_model import DIRECT, POLITE
 
 pytestmark = pytest.mark.anyio
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 INSTRUCTIONS = "Is the reply {{ outputs }} to {{ inputs }} polite and helpful?"
 
 
@@ -52,15 +50,7 @@ async def client(
     tmp_path_factory: pytest.TempPathFactory, model_server: ScriptedModelServer
 ) -> AsyncIterator[Client]:
     """An MCP client connected in memory to a server whose judges and reflection use the scripted model."""
-    settings = load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(tmp_path_factory.mktemp("review")),
-            "embedding.model": "hashing",
-            **scripted_overrides(model_server),
-        },
-    )
+    settings = hashing_settings(tmp_path_factory.mktemp("review"), model_server)
     async with Client(build_server(settings)) as connected:
         yield connected
 

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 from mcp_types import TextResourceContents
 
-from conftest import scripted_overrides
+from conftest import hashing_settings
 from mcp_calls import ok, text_of
 from memalign_mcp.app import build_server
 from memalign_mcp.distill import guideline_problem
-from memalign_mcp.settings import load_settings
 from scripted_model import ChatCall, Reply, ScriptedError, ScriptedModelServer
 
 pytestmark = pytest.mark.anyio
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 JUDGE = "fenced"
 MAX_FIELD_CHARS = 5_000
 
@@ -121,16 +118,10 @@ async def client(
     tmp_path_factory: pytest.TempPathFactory, model_server: ScriptedModelServer
 ) -> AsyncIterator[Client]:
     """An MCP client on a server whose judge and reflector are the scripted model, two guidelines at most."""
-    settings = load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(tmp_path_factory.mktemp("injection")),
-            "embedding.model": "hashing",
-            **scripted_overrides(model_server),
-            "memory.guideline_cap": 2,
-            "memory.max_field_chars": MAX_FIELD_CHARS,
-        },
+    settings = hashing_settings(
+        tmp_path_factory.mktemp("injection"),
+        model_server,
+        {"memory.guideline_cap": 2, "memory.max_field_chars": MAX_FIELD_CHARS},
     )
     async with Client(build_server(settings)) as connected:
         yield connected

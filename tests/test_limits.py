@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from mcp import Client
 
+from conftest import hashing_settings
 from in_process_model import InProcessModel
 from mcp_calls import ok, refused
 from memalign_mcp.alignment import MemAlignService
@@ -28,16 +29,14 @@ from memalign_mcp.engine import open_engine
 from memalign_mcp.errors import ModelError
 from memalign_mcp.limits import ModelBusyError, ModelGate, RateLimitedError, RateLimiter
 from memalign_mcp.llm import Completion
-from memalign_mcp.settings import Settings, load_settings
+from memalign_mcp.settings import Settings
 from support_desk_model import support_desk
 from test_transports import (
     CALL_DEADLINE_S,
-    REPO,
     serving_http,
 )
 
 pytestmark = pytest.mark.anyio
-CONFIG = REPO / "configs" / "default.toml"
 INSTRUCTIONS = "Is {{ outputs }} a polite reply to {{ inputs }}?"
 ITEM = {"inputs": "Where is my order?", "outputs": "Not my problem.", "value": False, "rationale": "Rude."}
 LOW = {
@@ -60,8 +59,7 @@ def anyio_backend() -> str:
 
 def low_settings(data_dir: Path, **overrides: Any) -> Settings:
     """No model, the hashing embedder, and the low limits of LOW (with `overrides` on top)."""
-    base = {"store.data_dir": str(data_dir), "embedding.model": "hashing"}
-    return load_settings(CONFIG, env={}, overrides=base | LOW | overrides)
+    return hashing_settings(data_dir, overrides=LOW | overrides)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import lancedb  # pyright: ignore[reportMissingTypeStubs]  # a second, stale han
 import pytest
 from mcp import Client
 
+from conftest import hashing_settings
 from memalign_mcp import cli
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.app import build_server, open_default_engine
@@ -105,15 +106,7 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def maintained(tmp_path: Path) -> AsyncIterator[tuple[Client, list[tuple[str, str]], threading.Event]]:
     """A client of a server that maintains after 5 writes; the store's maintenance calls, set when one ran."""
-    settings = load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(tmp_path),
-            "embedding.model": "hashing",
-            "store.maintain_after_writes": 5,
-        },
-    )
+    settings = hashing_settings(tmp_path, overrides={"store.maintain_after_writes": 5})
     calls: list[tuple[str, str]] = []
     pruned = threading.Event()
 

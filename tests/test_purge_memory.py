@@ -12,22 +12,18 @@ import gc
 import secrets
 from pathlib import Path
 
+from conftest import hashing_settings
 from memalign_mcp.alignment import MemAlignService
 from memalign_mcp.embeddings import HashingEmbedder
 from memalign_mcp.engine import open_engine
 from memalign_mcp.models import JudgeSpec
-from memalign_mcp.settings import load_settings
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 JUDGE = "hygiene"
 
 
 def open_memory_engine(data_dir: Path) -> MemAlignService:
     """An engine with no model (judges answer from memory) and the hashing embedder."""
-    settings = load_settings(
-        CONFIG, env={}, overrides={"store.data_dir": str(data_dir), "embedding.model": "hashing"}
-    )
-    return open_engine(settings, embedder=HashingEmbedder())
+    return open_engine(hashing_settings(data_dir), embedder=HashingEmbedder())
 
 
 def teach_and_use(engine: MemAlignService, secret: str) -> None:

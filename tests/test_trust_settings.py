@@ -10,13 +10,13 @@ import pytest
 from mcp import Client
 from mcp_types import TextContent
 
+from conftest import hashing_settings
 from memalign_mcp.app import build_server
 from memalign_mcp.auth import http_auth, is_loopback, load_tokens
 from memalign_mcp.errors import SettingsError
-from memalign_mcp.settings import ServerSettings, load_settings
+from memalign_mcp.settings import ServerSettings
 from test_transports import REPO, SERVER, clean_env
 
-CONFIG = REPO / "configs" / "default.toml"
 DIGEST = hashlib.sha256(b"a-secret").hexdigest()
 
 
@@ -116,15 +116,7 @@ def test_the_401_metadata_names_the_public_url_when_one_is_set(tmp_path: Path) -
 
 @pytest.mark.anyio
 async def test_stdio_scopes_restrict_a_local_caller(tmp_path: Path) -> None:
-    settings = load_settings(
-        CONFIG,
-        env={},
-        overrides={
-            "store.data_dir": str(tmp_path),
-            "embedding.model": "hashing",
-            "server.stdio_scopes": ["score", "read"],
-        },
-    )
+    settings = hashing_settings(tmp_path, overrides={"server.stdio_scopes": ["score", "read"]})
     async with Client(build_server(settings)) as client:
         listed = {t.name for t in (await client.list_tools()).tools}
         assert listed == {
